@@ -1,0 +1,60 @@
+"""The portal's Reflex app: the UI pages with the REST API mounted around them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import reflex as rx
+
+from aimms_portal.api.app import create_api
+from aimms_portal.config import get_settings
+from aimms_portal.db import session_scope
+from aimms_portal.errors import PortalError
+from aimms_portal.logs import configure_logging
+from aimms_portal.services import audit
+from aimms_portal.ui.pages import login, upcoming
+from aimms_portal.ui.state import SessionState
+
+logger = logging.getLogger(__name__)
+
+configure_logging(get_settings())
+
+#: How often expired audit events are removed.
+RETENTION_INTERVAL_SECONDS = 3600
+
+
+async def enforce_retention() -> None:
+    """Delete audit events past the retention period, hourly.
+
+    Runs in every worker; the delete is idempotent, so running it twice is harmless.
+    """
+    while True:
+        try:
+            days = get_settings().retention_days
+            await asyncio.to_thread(_purge, days)
+        except PortalError as exc:
+            logger.warning("retention: %s", exc.log_detail or exc.message)
+        await asyncio.sleep(RETENTION_INTERVAL_SECONDS)
+
+
+def _purge(days: int) -> None:
+    with session_scope() as session:
+        audit.purge_expired(session, retention_days=days)
+
+
+app = rx.App(api_transformer=create_api())
+app.register_lifespan_task(enforce_retention)
+
+app.add_page(login.login_page, route="/login", title="Log on · aimms portal")
+_guarded = [
+    (upcoming.apps_page, "/", "Apps"),
+    (upcoming.jobs_page, "/jobs", "Jobs"),
+    (upcoming.sessions_page, "/sessions", "Sessions"),
+    (upcoming.runtimes_page, "/runtimes", "Runtimes"),
+]
+for component, route, title in _guarded:
+    app.add_page(component, route=route, title=f"{title} · aimms portal",
+                 on_load=SessionState.check_login)
+app.add_page(upcoming.operator_page, route="/operator", title="Operator · aimms portal",
+             on_load=SessionState.check_admin)

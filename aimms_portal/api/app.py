@@ -1,0 +1,168 @@
+"""The REST API: a FastAPI app under ``/api/v1`` plus the operations routes.
+
+The Reflex app mounts itself inside this app (``rx.App(api_transformer=...)``), so the
+routes here win and everything else falls through to the UI. Every error leaves as
+``{"error": {"code": ..., "message": ...}}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import Counter, Histogram
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from aimms_portal.api.routes import audit, auth, groups, me, ops, tokens, users
+from aimms_portal.api.schemas import ErrorBody
+from aimms_portal.errors import (
+    Conflict,
+    InvalidInput,
+    NotAuthenticated,
+    NotFound,
+    PermissionDenied,
+    PortalError,
+    TooLarge,
+    Unavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+
+_STATUS: list[tuple[type[PortalError], int]] = [
+    (NotAuthenticated, 401),
+    (PermissionDenied, 403),
+    (NotFound, 404),
+    (Conflict, 409),
+    (TooLarge, 413),
+    (InvalidInput, 422),
+    (Unavailable, 503),
+]
+
+HTTP_REQUESTS = Counter(
+    "aimms_portal_http_requests_total",
+    "HTTP requests answered, by route template and status.",
+    ["method", "route", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "aimms_portal_http_request_duration_seconds",
+    "Time to answer HTTP requests, by route template.",
+    ["method", "route"],
+)
+
+
+def error_response(status: int, code: str, message: str, **headers: str) -> JSONResponse:
+    """A response in the API's one error shape."""
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+def _status_of(exc: PortalError) -> int:
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 400
+
+
+async def _portal_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, PortalError)
+    status = _status_of(exc)
+    if status >= 500:
+        logger.warning("%s %s: %s (%s)", request.method, request.url.path, exc.message,
+                       exc.log_detail)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    return error_response(status, exc.code, exc.message, **headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type"}.get(
+        exc.status_code, "http_error"
+    )
+    return error_response(exc.status_code, code, str(exc.detail))
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return error_response(400, "malformed_json", "The request body is not valid JSON.")
+    parts = []
+    for error in errors[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        parts.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
+    return error_response(422, "invalid_request", "; ".join(parts))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal", "Something went wrong on the server; it was logged.")
+
+
+class MetricsMiddleware:
+    """Counts and times every request by its route template (not its raw path)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "other"
+            method = scope.get("method", "")
+            HTTP_REQUESTS.labels(method, template, str(status)).inc()
+            HTTP_LATENCY.labels(method, template).observe(time.perf_counter() - started)
+
+
+def create_api() -> FastAPI:
+    """The REST API with the operations routes, error handlers and metrics."""
+    api = FastAPI(
+        title="aimms_portal",
+        version="1",
+        description="REST API of the aimms_portal: accounts, groups, tokens and the audit log.",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+        responses={
+            400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 403: {"model": ErrorBody},
+            404: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody},
+        },
+    )
+    for module in (auth, me, users, groups, tokens, audit):
+        api.include_router(module.router, prefix=API_PREFIX)
+    api.include_router(ops.router)
+
+    @api.api_route(f"{API_PREFIX}/{{path:path}}", include_in_schema=False,
+                   methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    def unknown_route(path: str) -> JSONResponse:
+        # without this, unknown API paths would fall through to the UI's HTML
+        return error_response(404, "not_found", f"No API route {API_PREFIX}/{path}.")
+
+    api.add_exception_handler(PortalError, _portal_error)
+    api.add_exception_handler(StarletteHTTPException, _http_error)
+    api.add_exception_handler(HTTPException, _http_error)
+    api.add_exception_handler(RequestValidationError, _validation_error)
+    api.add_exception_handler(Exception, _unexpected_error)
+    api.add_middleware(MetricsMiddleware)
+    return api
+

@@ -1,0 +1,109 @@
+"""Dependencies shared by the REST routes: who is calling, and with which rights.
+
+A caller proves who they are with ``Authorization: Bearer <token>`` or with the
+browser log-on cookie. Cookie callers must send the CSRF token in ``X-CSRF-Token`` on
+every state-changing request, because browsers attach cookies to cross-site requests.
+A token caller's rights are cut down to the token's scopes: ``read`` for safe
+methods, ``write`` for the others, ``admin`` to act as an admin.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+
+from aimms_portal.auth import tokens
+from aimms_portal.config import get_settings
+from aimms_portal.db import session_scope
+from aimms_portal.errors import NotAuthenticated, PermissionDenied
+from aimms_portal.models import Role, User
+from aimms_portal.services import auth
+from aimms_portal.services.auth import Caller
+from aimms_portal.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
+
+SESSION_COOKIE = "aimms_portal_session"
+CSRF_COOKIE = "aimms_portal_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def client_ip(request: Request) -> str:
+    """The address the request came from, for the audit log."""
+    return request.client.host if request.client else ""
+
+
+def csrf_token(session_secret: str) -> str:
+    """The CSRF token of the browser log-on ``session_secret``."""
+    return tokens.csrf_token_for(session_secret, get_settings().secret_key.get_secret_value())
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise NotAuthenticated(
+            "Send the token as 'Authorization: Bearer <token>'.", code="invalid_token"
+        )
+    return value.strip()
+
+
+def _effective_user(caller: Caller) -> User:
+    # a token without the admin scope acts with at most publisher rights
+    user = caller.user
+    if caller.scopes is not None and user.is_admin and "admin" not in caller.scopes:
+        return User.model_validate(user.model_dump() | {"role": Role.publisher.value})
+    return user
+
+
+def get_caller(request: Request) -> Caller:
+    """The authenticated caller, or 401; checks CSRF and token scopes on the way."""
+    token = _bearer(request)
+    with session_scope() as session:
+        if token is not None:
+            caller = auth.caller_from_token(session, token)
+        elif secret := request.cookies.get(SESSION_COOKIE):
+            caller = auth.caller_from_session(session, secret)
+        else:
+            raise NotAuthenticated("Log on, or send an API token.", code="not_authenticated")
+
+    unsafe = request.method not in SAFE_METHODS
+    if caller.session_secret is not None and unsafe:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not tokens.same_secret(sent, csrf_token(caller.session_secret)):
+            raise PermissionDenied(
+                f"Missing or wrong {CSRF_HEADER} header for a cookie-authenticated request.",
+                code="csrf_failed",
+            )
+    if caller.scopes is not None:
+        needed = "write" if unsafe else "read"
+        if needed not in caller.scopes:
+            raise PermissionDenied(
+                f"This API token lacks the {needed!r} scope.", code="insufficient_scope"
+            )
+    return Caller(
+        user=_effective_user(caller),
+        scopes=caller.scopes,
+        token_id=caller.token_id,
+        session_secret=caller.session_secret,
+    )
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+class PageParams:
+    """``limit`` and ``offset`` query parameters of every list route."""
+
+    def __init__(
+        self,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> None:
+        self.limit = limit
+        self.offset = offset
+
+
+PageDep = Annotated[PageParams, Depends()]

@@ -1,0 +1,79 @@
+"""Users (admins only)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, status
+
+from aimms_portal.api.deps import CallerDep, PageDep, client_ip
+from aimms_portal.api.schemas import PageOut, PasswordReset, UserCreate, UserPublic, UserUpdate
+from aimms_portal.db import session_scope
+from aimms_portal.services import accounts
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+
+@router.get("", response_model=PageOut[UserPublic])
+def list_users(
+    caller: CallerDep,
+    page: PageDep,
+    q: Annotated[str, Query(max_length=64)] = "",
+    role: Annotated[str | None, Query(max_length=16)] = None,
+    active: bool | None = None,
+) -> PageOut[UserPublic]:
+    """Users by name; `q` searches name, full name and e-mail."""
+    with session_scope() as session:
+        result = accounts.list_users(
+            session, actor=caller.user, query=q, role=role, active=active,
+            limit=page.limit, offset=page.offset,
+        )
+        items = [UserPublic.model_validate(u) for u in result.items]
+    return PageOut(items=items, total=result.total, limit=result.limit, offset=result.offset)
+
+
+@router.post("", response_model=UserPublic, status_code=status.HTTP_201_CREATED)
+def create_user(body: UserCreate, caller: CallerDep, request: Request) -> UserPublic:
+    """Create a user with a password that meets the policy."""
+    with session_scope() as session:
+        user = accounts.create_user(
+            session, actor=caller.user, username=body.username, password=body.password,
+            role=body.role, email=body.email, full_name=body.full_name,
+            source_ip=client_ip(request),
+        )
+        return UserPublic.model_validate(user)
+
+
+@router.get("/{user_id}", response_model=UserPublic)
+def read_user(user_id: int, caller: CallerDep) -> UserPublic:
+    """One user."""
+    with session_scope() as session:
+        return UserPublic.model_validate(
+            accounts.get_user(session, actor=caller.user, user_id=user_id)
+        )
+
+
+@router.patch("/{user_id}", response_model=UserPublic)
+def update_user(
+    user_id: int, body: UserUpdate, caller: CallerDep, request: Request
+) -> UserPublic:
+    """Change profile, role or active flag; disabling ends the user's log-ons and tokens."""
+    with session_scope() as session:
+        user = accounts.update_user(
+            session, actor=caller.user, user_id=user_id, email=body.email,
+            full_name=body.full_name, role=body.role, is_active=body.is_active,
+            source_ip=client_ip(request),
+        )
+        return UserPublic.model_validate(user)
+
+
+@router.post("/{user_id}/password", status_code=status.HTTP_204_NO_CONTENT)
+def reset_password(
+    user_id: int, body: PasswordReset, caller: CallerDep, request: Request
+) -> None:
+    """Set a new password for a user; ends their browser log-ons."""
+    with session_scope() as session:
+        accounts.reset_password(
+            session, actor=caller.user, user_id=user_id, new_password=body.password,
+            source_ip=client_ip(request),
+        )

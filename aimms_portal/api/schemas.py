@@ -1,0 +1,172 @@
+"""Request and response bodies of the REST API.
+
+Field limits here are the first line of defence (a clear 422 before any work); the
+services check the same rules again, because the UI calls them directly.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable identifier of the kind of error.")
+    message: str = Field(description="What went wrong, in words for people.")
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+class PageOut(BaseModel, Generic[T]):
+    """One page of a list: ``items`` from ``offset``, out of ``total``."""
+
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+# -- auth ------------------------------------------------------------------------------
+
+
+class LoginIn(_Strict):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class LoginOut(BaseModel):
+    user: UserPublic
+    csrf_token: str = Field(description="Send as X-CSRF-Token on state-changing calls.")
+    expires_at: datetime
+
+
+# -- users -----------------------------------------------------------------------------
+
+
+class UserPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    username: str
+    email: str
+    full_name: str
+    role: str
+    is_active: bool
+    created_at: datetime
+    last_login_at: datetime | None
+
+
+class MeOut(UserPublic):
+    groups: list[str]
+    auth: str = Field(description="`cookie` or `token`.")
+    scopes: list[str] | None = Field(description="The token's scopes; null for a log-on.")
+
+
+class UserCreate(_Strict):
+    username: str = Field(min_length=2, max_length=64)
+    password: str = Field(min_length=1, max_length=256)
+    role: str = Field("user", max_length=16)
+    email: str = Field("", max_length=254)
+    full_name: str = Field("", max_length=128)
+
+
+class UserUpdate(_Strict):
+    email: str | None = Field(None, max_length=254)
+    full_name: str | None = Field(None, max_length=128)
+    role: str | None = Field(None, max_length=16)
+    is_active: bool | None = None
+
+
+class PasswordReset(_Strict):
+    password: str = Field(min_length=1, max_length=256)
+
+
+class PasswordChange(_Strict):
+    current_password: str = Field(min_length=1, max_length=256)
+    new_password: str = Field(min_length=1, max_length=256)
+
+
+# -- groups ----------------------------------------------------------------------------
+
+
+class GroupPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    description: str
+    builtin: bool
+    created_at: datetime
+
+
+class GroupCreate(_Strict):
+    name: str = Field(min_length=2, max_length=64)
+    description: str = Field("", max_length=255)
+
+
+class GroupUpdate(_Strict):
+    description: str = Field(max_length=255)
+
+
+class MemberAdd(_Strict):
+    user_id: int
+
+
+# -- tokens ----------------------------------------------------------------------------
+
+
+class TokenPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    prefix: str
+    scopes: str
+    created_at: datetime
+    expires_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class TokenCreate(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    scopes: list[str] = Field(default_factory=lambda: ["read", "write"], max_length=3)
+    expires_in_days: int = Field(90, ge=1, le=365)
+
+
+class TokenCreated(TokenPublic):
+    token: str = Field(description="The token itself. Shown this once; store it now.")
+
+
+# -- audit -----------------------------------------------------------------------------
+
+
+class AuditEventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    created_at: datetime
+    actor_id: int | None
+    actor_name: str
+    action: str
+    target_type: str
+    target_id: str
+    target_name: str
+    outcome: str
+    source_ip: str
+    detail: str
+
+
+LoginOut.model_rebuild()

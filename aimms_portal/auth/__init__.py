@@ -1,0 +1,1 @@
+"""Passwords, secrets and tokens, and the access-control rules."""

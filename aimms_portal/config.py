@@ -1,0 +1,144 @@
+"""The portal's one settings class.
+
+Every setting is read from the environment with the prefix ``AIMMS_PORTAL_`` (for
+example ``AIMMS_PORTAL_DATABASE_URL``) or from a ``.env`` file in the working folder.
+The defaults give the embedded mode: a SQLite file and a storage folder under
+``data/``, sessions as local processes. Outside development mode the settings refuse
+defaults that are only safe on a laptop.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The secret used when none is configured. Good enough on a laptop, refused elsewhere.
+DEVELOPMENT_SECRET = "development-secret-do-not-use-in-production"  # noqa: S105
+
+#: Where the embedded mode keeps its database and storage, relative to the working folder.
+DEFAULT_DATA_DIR = Path("data")
+
+
+class Settings(BaseSettings):
+    """Configuration of one portal process; all processes of one portal share it."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AIMMS_PORTAL_", env_file=".env", extra="ignore"
+    )
+
+    environment: Literal["development", "production"] = Field(
+        "development",
+        description=(
+            "`development` accepts the built-in secret and plain-http cookies; "
+            "`production` refuses insecure defaults at start-up."
+        ),
+    )
+    data_dir: Path = Field(
+        DEFAULT_DATA_DIR,
+        description="Folder for the embedded database and local storage when their URLs are unset.",
+    )
+    database_url: str = Field(
+        "",
+        description=(
+            "SQLAlchemy URL of the administrative database, e.g. "
+            "`postgresql+psycopg2://user@host/db`. Empty: a SQLite file in `data_dir`."
+        ),
+    )
+    storage_url: str = Field(
+        "",
+        description=(
+            "Where packages, bundles and cases are kept: `file:///abs/folder` or "
+            "`s3://bucket/prefix`. Empty: the folder `storage` in `data_dir`."
+        ),
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 endpoint for S3-compatible stores; unset for AWS itself."
+    )
+    s3_region: str = Field("us-east-1", description="Region of the S3 bucket.")
+    launcher: Literal["local", "docker", "ecs"] = Field(
+        "local", description="Backend that runs session containers."
+    )
+    secret_key: SecretStr = Field(
+        SecretStr(DEVELOPMENT_SECRET),
+        description=(
+            "Key for CSRF tokens and other server-side signatures; at least 32 characters "
+            "outside development mode."
+        ),
+    )
+    public_url: str = Field(
+        "http://localhost:3000",
+        description="The address users type in their browser; also decides `Secure` cookies.",
+    )
+    port: int = Field(3000, description="Port `aimms-portal run` serves the portal on.")
+    upload_max_bytes: int = Field(
+        2 * 1024**3, description="Largest accepted upload (bundle, package or case) in bytes."
+    )
+    retention_days: int = Field(
+        30, ge=1, description="Days finished jobs, their cases and the audit log are kept."
+    )
+    browser_session_hours: int = Field(
+        12, ge=1, le=24 * 30, description="Lifetime of a browser log-on."
+    )
+    log_level: str = Field("INFO", description="Level of the portal's own loggers.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`json` writes one JSON object per log record."
+    )
+    admin_username: str = Field(
+        "admin", description="User name of the first admin created at first start."
+    )
+    admin_password: SecretStr | None = Field(
+        None,
+        description=(
+            "Password of the first admin. Unset: a password is generated and printed once "
+            "at first start (embedded mode)."
+        ),
+    )
+    admin_email: str = Field("", description="E-mail address of the first admin.")
+
+    @model_validator(mode="after")
+    def _refuse_insecure_production(self) -> Settings:
+        if self.environment != "production":
+            return self
+        problems = []
+        secret = self.secret_key.get_secret_value()
+        if secret == DEVELOPMENT_SECRET or len(secret) < 32:
+            problems.append(
+                "AIMMS_PORTAL_SECRET_KEY must be set to a random value of at least 32 "
+                "characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+            )
+        if not self.public_url.startswith("https://"):
+            problems.append("AIMMS_PORTAL_PUBLIC_URL must be an https:// address")
+        if problems:
+            raise ValueError(
+                "insecure settings refused in production mode: " + "; ".join(problems)
+            )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to the embedded SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'portal.db').resolve()}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        """The storage URL, defaulting to the embedded storage folder."""
+        if self.storage_url:
+            return self.storage_url
+        return (self.data_dir / "storage").resolve().as_uri()
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Cookies carry `Secure` when users reach the portal over https."""
+        return self.public_url.startswith("https://")
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The settings of this process, read once from the environment."""
+    return Settings()

@@ -1,0 +1,22 @@
+"""SQLModel tables of the administrative database.
+
+Importing this package registers every table on ``SQLModel.metadata``, which Alembic
+compares against the migrations.
+"""
+
+from aimms_portal.models.accounts import EVERYONE, Group, Membership, Role, User
+from aimms_portal.models.audit import AuditEvent
+from aimms_portal.models.auth import ApiToken, BrowserSession
+from aimms_portal.models.base import utcnow
+
+__all__ = [
+    "EVERYONE",
+    "ApiToken",
+    "AuditEvent",
+    "BrowserSession",
+    "Group",
+    "Membership",
+    "Role",
+    "User",
+    "utcnow",
+]

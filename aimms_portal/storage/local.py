@@ -1,0 +1,117 @@
+"""Storage in a folder of the portal's machine (embedded mode, single servers)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from aimms_portal.errors import NotFound, Unavailable
+from aimms_portal.storage.base import (
+    CHUNK_SIZE,
+    HashingReader,
+    ObjectInfo,
+    Readable,
+    Storage,
+    StoredObject,
+    check_key,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Uploads in progress live here, inside the root so the final rename is atomic.
+_TMP = ".incoming"
+
+
+class LocalStorage(Storage):
+    """Objects as files under ``root``; a put writes a temporary file, then renames it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __repr__(self) -> str:
+        return f"LocalStorage({str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def put(
+        self, key: str, source: Readable | Iterable[bytes], *, max_bytes: int | None = None
+    ) -> StoredObject:
+        target = self._path(key)
+        tmp_dir = self.root / _TMP
+        tmp = tmp_dir / uuid.uuid4().hex
+        reader = HashingReader(source, max_bytes)
+        try:
+            tmp_dir.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "xb") as out:
+                while chunk := reader.read(CHUNK_SIZE):
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, target)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise Unavailable(
+                "The storage folder cannot be written.", log_detail=f"{key}: {exc}"
+            ) from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        logger.debug("stored %s (%d bytes)", key, reader.size)
+        return StoredObject(key=key, size=reader.size, sha256=reader.sha256)
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise NotFound(f"No stored object {key!r}.") from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        # prune folders the object leaves empty, never the root itself
+        parent = path.parent
+        while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        folder = prefix.rpartition("/")[0]
+        base = self.root / folder if folder else self.root
+        if not base.is_dir():
+            return
+        found = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            if Path(dirpath) == self.root and _TMP in dirnames:
+                dirnames.remove(_TMP)
+            for filename in filenames:
+                path = Path(dirpath) / filename
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    found.append(ObjectInfo(key=key, size=path.stat().st_size))
+        yield from sorted(found, key=lambda info: info.key)
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / _TMP / f"ready-{uuid.uuid4().hex}"
+            probe.parent.mkdir(exist_ok=True)
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise Unavailable(
+                f"The storage folder {self.root} is not writable: {exc.strerror}."
+            ) from exc
+
+    def free_bytes(self) -> int:
+        """Free space on the storage folder's file system."""
+        return shutil.disk_usage(self.root).free

@@ -1,0 +1,1 @@
+"""The Reflex user interface: pages, states and the page shell."""

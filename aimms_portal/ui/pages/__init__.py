@@ -1,0 +1,1 @@
+"""One module per page (or per family of closely related pages)."""

@@ -1,0 +1,122 @@
+"""The signed-on user of a browser tab, checked on the server for every page and event.
+
+The log-on cookie is HttpOnly: the browser sends it with the socket's opening request
+and Reflex keeps those headers on the server (it never sends the cookie back to the
+page). Each page load and each event re-checks the cookie against the database, so a
+log-off, an ended session or a disabled account takes effect at the next click.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from http.cookies import SimpleCookie
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import reflex as rx
+
+from aimms_portal.api.deps import SESSION_COOKIE
+from aimms_portal.db import session_scope
+from aimms_portal.errors import NotAuthenticated, PortalError
+from aimms_portal.models import User
+from aimms_portal.services import auth
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def _run_in_session(fn: Callable[..., T], kwargs: dict[str, Any]) -> T:
+    with session_scope() as session:
+        return fn(session, **kwargs)
+
+
+async def call_service(fn: Callable[..., T], **kwargs: Any) -> T:
+    """Run a service function in its own unit of work, off the event loop."""
+    return await asyncio.to_thread(_run_in_session, fn, kwargs)
+
+
+class SessionState(rx.State):
+    """Who is signed on in this tab; filled by :meth:`check_login` on every page load."""
+
+    user_id: int = 0
+    username: str = ""
+    full_name: str = ""
+    role: str = ""
+
+    @rx.var
+    def signed_on(self) -> bool:
+        return self.user_id > 0
+
+    @rx.var
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @rx.var
+    def is_publisher(self) -> bool:
+        return self.role in ("admin", "publisher")
+
+    def _session_secret(self) -> str | None:
+        raw = self.router.headers.cookie or ""
+        cookie: SimpleCookie = SimpleCookie()
+        try:
+            cookie.load(raw)
+        except Exception:  # a malformed Cookie header is the client's problem
+            return None
+        morsel = cookie.get(SESSION_COOKIE)
+        return morsel.value if morsel else None
+
+    async def current_user(self) -> User:
+        """The signed-on user, checked against the database now.
+
+        Raises:
+            NotAuthenticated: no cookie, or its log-on ended or was revoked.
+        """
+        secret = self._session_secret()
+        if not secret:
+            raise NotAuthenticated("Please log on.")
+        caller = await call_service(auth.caller_from_session, session_secret=secret)
+        return caller.user
+
+    def _forget(self) -> None:
+        self.user_id, self.username, self.full_name, self.role = 0, "", "", ""
+
+    @rx.event
+    async def check_login(self) -> Any:
+        """Page guard: fill in the user or send the browser to the log-on page."""
+        try:
+            user = await self.current_user()
+        except NotAuthenticated:
+            self._forget()
+            return rx.redirect(f"/login?next={quote(self.router.url.path or '/')}")
+        except PortalError as exc:
+            self._forget()
+            return rx.toast.error(exc.message)
+        self.user_id = user.id or 0
+        self.username = user.username
+        self.full_name = user.full_name
+        self.role = user.role
+        return None
+
+    @rx.event
+    async def check_admin(self) -> Any:
+        """Page guard for admin pages."""
+        redirect = await self.check_login()
+        if redirect is None and self.role != "admin":
+            return rx.redirect("/")
+        return redirect
+
+
+async def actor_of(state: rx.State) -> User:
+    """The signed-on user behind an event of any state (checked on the server)."""
+    session = await state.get_state(SessionState)
+    return await session.current_user()
+
+
+def failure(exc: PortalError) -> Any:
+    """What the UI does with a service error: a toast, or back to log-on."""
+    if isinstance(exc, NotAuthenticated):
+        return rx.redirect("/login")
+    return rx.toast.error(exc.message)
