@@ -54,7 +54,12 @@ _guarded = [
     (upcoming.runtimes_page, "/runtimes", "Runtimes"),
 ]
 for component, route, title in _guarded:
-    app.add_page(component, route=route, title=f"{title} · aimms portal",
-                 on_load=SessionState.check_login)
-app.add_page(upcoming.operator_page, route="/operator", title="Operator · aimms portal",
-             on_load=SessionState.check_admin)
+    app.add_page(
+        component, route=route, title=f"{title} · aimms portal", on_load=SessionState.check_login
+    )
+app.add_page(
+    upcoming.operator_page,
+    route="/operator",
+    title="Operator · aimms portal",
+    on_load=SessionState.check_admin,
+)

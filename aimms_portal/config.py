@@ -26,9 +26,7 @@ DEFAULT_DATA_DIR = Path("data")
 class Settings(BaseSettings):
     """Configuration of one portal process; all processes of one portal share it."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="AIMMS_PORTAL_", env_file=".env", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="AIMMS_PORTAL_", env_file=".env", extra="ignore")
 
     environment: Literal["development", "production"] = Field(
         "development",
@@ -113,9 +111,7 @@ class Settings(BaseSettings):
         if not self.public_url.startswith("https://"):
             problems.append("AIMMS_PORTAL_PUBLIC_URL must be an https:// address")
         if problems:
-            raise ValueError(
-                "insecure settings refused in production mode: " + "; ".join(problems)
-            )
+            raise ValueError("insecure settings refused in production mode: " + "; ".join(problems))
         return self
 
     @property

@@ -115,8 +115,9 @@ def is_sqlite(session: Session) -> bool:
 
 def upgrade_database(url: str | None = None) -> None:
     """Run every Alembic migration up to ``head`` on ``url`` (default: the settings')."""
-    from alembic import command
     from alembic.config import Config
+
+    from alembic import command
 
     config = Config(str(REPO_ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(REPO_ROOT / "alembic"))

@@ -10,10 +10,10 @@ from logging.config import fileConfig
 
 from sqlmodel import SQLModel
 
-from alembic import context
 from aimms_portal import models  # noqa: F401  (registers the tables)
 from aimms_portal.config import get_settings
 from aimms_portal.db import make_engine
+from alembic import context
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

@@ -74,8 +74,9 @@ async def _portal_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PortalError)
     status = _status_of(exc)
     if status >= 500:
-        logger.warning("%s %s: %s (%s)", request.method, request.url.path, exc.message,
-                       exc.log_detail)
+        logger.warning(
+            "%s %s: %s (%s)", request.method, request.url.path, exc.message, exc.log_detail
+        )
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
     return error_response(status, exc.code, exc.message, **headers)
 
@@ -144,16 +145,23 @@ def create_api() -> FastAPI:
         docs_url=f"{API_PREFIX}/docs",
         redoc_url=None,
         responses={
-            400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 403: {"model": ErrorBody},
-            404: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody},
+            400: {"model": ErrorBody},
+            401: {"model": ErrorBody},
+            403: {"model": ErrorBody},
+            404: {"model": ErrorBody},
+            422: {"model": ErrorBody},
+            503: {"model": ErrorBody},
         },
     )
     for module in (auth, me, users, groups, tokens, audit):
         api.include_router(module.router, prefix=API_PREFIX)
     api.include_router(ops.router)
 
-    @api.api_route(f"{API_PREFIX}/{{path:path}}", include_in_schema=False,
-                   methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    @api.api_route(
+        f"{API_PREFIX}/{{path:path}}",
+        include_in_schema=False,
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+    )
     def unknown_route(path: str) -> JSONResponse:
         # without this, unknown API paths would fall through to the UI's HTML
         return error_response(404, "not_found", f"No API route {API_PREFIX}/{path}.")
@@ -165,4 +173,3 @@ def create_api() -> FastAPI:
     api.add_exception_handler(Exception, _unexpected_error)
     api.add_middleware(MetricsMiddleware)
     return api
-

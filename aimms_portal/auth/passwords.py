@@ -57,9 +57,7 @@ def verify_password(password_hash: str | None, password: str) -> bool:
     the answer takes the same time whether or not the account exists.
     """
     try:
-        return _hasher().verify(password_hash or _dummy_hash(), password) and bool(
-            password_hash
-        )
+        return _hasher().verify(password_hash or _dummy_hash(), password) and bool(password_hash)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 

@@ -11,7 +11,7 @@ import hmac
 import secrets
 
 #: API tokens start with this, so leaked ones are easy to spot (secret scanners).
-API_TOKEN_PREFIX = "apt_"
+API_TOKEN_PREFIX = "apt_"  # noqa: S105
 #: How many characters of a token are kept in clear to tell tokens apart.
 VISIBLE_PREFIX_LENGTH = 10
 

@@ -63,9 +63,7 @@ class Membership(SQLModel, table=True):
     __tablename__ = "memberships"
 
     group_id: int = Field(
-        sa_column=Column(
-            Integer, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
-        )
+        sa_column=Column(Integer, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True)
     )
     user_id: int = Field(
         sa_column=Column(

@@ -140,8 +140,13 @@ def create_user(
     session.add(user)
     session.flush()
     audit.record(
-        session, action="user.create", actor=actor, actor_name="system", target=user,
-        source_ip=source_ip, detail=f"role={role}",
+        session,
+        action="user.create",
+        actor=actor,
+        actor_name="system",
+        target=user,
+        source_ip=source_ip,
+        detail=f"role={role}",
     )
     return user
 
@@ -180,22 +185,33 @@ def update_user(
         changes.append("full_name")
     if role is not None and _check_role(role) != user.role:
         audit.record(
-            session, action="user.role", actor=actor, target=user, source_ip=source_ip,
+            session,
+            action="user.role",
+            actor=actor,
+            target=user,
+            source_ip=source_ip,
             detail=f"{user.role} -> {role}",
         )
         user.role = role
     if is_active is not None and is_active != user.is_active:
         user.is_active = is_active
         audit.record(
-            session, action="user.enable" if is_active else "user.disable", actor=actor,
-            target=user, source_ip=source_ip,
+            session,
+            action="user.enable" if is_active else "user.disable",
+            actor=actor,
+            target=user,
+            source_ip=source_ip,
         )
         if not is_active:
             revoked = end_all_access(session, user_id=user.id or 0)
             logger.info("user %s disabled; %d log-ons and tokens revoked", user.id, revoked)
     if changes:
         audit.record(
-            session, action="user.update", actor=actor, target=user, source_ip=source_ip,
+            session,
+            action="user.update",
+            actor=actor,
+            target=user,
+            source_ip=source_ip,
             detail="changed " + ", ".join(changes),
         )
     user.updated_at = utcnow()
@@ -233,13 +249,18 @@ def reset_password(
         .where(col(BrowserSession.user_id) == user.id, col(BrowserSession.revoked_at).is_(None))
         .values(revoked_at=utcnow())
     )
-    audit.record(session, action="user.password_reset", actor=actor, target=user,
-                 source_ip=source_ip)
+    audit.record(
+        session, action="user.password_reset", actor=actor, target=user, source_ip=source_ip
+    )
     return user
 
 
 def change_own_password(
-    session: Session, *, actor: User, current_password: str, new_password: str,
+    session: Session,
+    *,
+    actor: User,
+    current_password: str,
+    new_password: str,
     source_ip: str = "",
 ) -> User:
     """Let a user change their own password after proving the current one."""
@@ -252,8 +273,9 @@ def change_own_password(
     user.password_hash = passwords.hash_password(new_password)
     user.updated_at = utcnow()
     session.add(user)
-    audit.record(session, action="user.password_change", actor=actor, target=user,
-                 source_ip=source_ip)
+    audit.record(
+        session, action="user.password_change", actor=actor, target=user, source_ip=source_ip
+    )
     return user
 
 
@@ -281,7 +303,11 @@ def ensure_admin(
     if password is None:
         generated = password = generate_password()
     user = create_user(
-        session, actor=None, username=username, password=password, role=Role.admin.value,
+        session,
+        actor=None,
+        username=username,
+        password=password,
+        role=Role.admin.value,
         email=email,
     )
     return user, generated
@@ -293,14 +319,16 @@ def ensure_admin(
 def ensure_builtin_groups(session: Session) -> None:
     """Create the built-in ``everyone`` group if it is missing."""
     if session.exec(select(Group.id).where(Group.name == EVERYONE)).first() is None:
-        session.add(
-            Group(name=EVERYONE, description="Every user of the portal.", builtin=True)
-        )
+        session.add(Group(name=EVERYONE, description="Every user of the portal.", builtin=True))
         session.flush()
 
 
 def list_groups(
-    session: Session, *, actor: User, query: str = "", limit: int = DEFAULT_LIMIT,
+    session: Session,
+    *,
+    actor: User,
+    query: str = "",
+    limit: int = DEFAULT_LIMIT,
     offset: int = 0,
 ) -> Page[Group]:
     """Groups ordered by name (admins and publishers)."""
@@ -389,7 +417,11 @@ def add_member(
         return
     session.add(Membership(group_id=group.id or 0, user_id=user.id or 0))
     audit.record(
-        session, action="group.member_add", actor=actor, target=group, source_ip=source_ip,
+        session,
+        action="group.member_add",
+        actor=actor,
+        target=group,
+        source_ip=source_ip,
         detail=f"user={user.username}",
     )
 
@@ -405,7 +437,11 @@ def remove_member(
         raise NotFound(f"User {user_id} is not a member of {group.name!r}.")
     session.delete(membership)
     audit.record(
-        session, action="group.member_remove", actor=actor, target=group, source_ip=source_ip,
+        session,
+        action="group.member_remove",
+        actor=actor,
+        target=group,
+        source_ip=source_ip,
         detail=f"user_id={user_id}",
     )
 

@@ -37,8 +37,8 @@ def record(
     if target is not None:
         target_type = target_type or type(target).__name__.lower()
         target_id = target_id or getattr(target, "id", "") or ""
-        target_name = target_name or getattr(target, "username", None) or getattr(
-            target, "name", ""
+        target_name = (
+            target_name or getattr(target, "username", None) or getattr(target, "name", "")
         )
     event = AuditEvent(
         action=action,
@@ -53,8 +53,12 @@ def record(
     )
     session.add(event)
     logger.info(
-        "audit %s %s by %s on %s:%s", action, outcome, event.actor_name or "-",
-        event.target_type or "-", event.target_id or "-",
+        "audit %s %s by %s on %s:%s",
+        action,
+        outcome,
+        event.actor_name or "-",
+        event.target_type or "-",
+        event.target_id or "-",
     )
     return event
 

@@ -72,15 +72,25 @@ def log_on(
 
     if user is None or not password_ok:
         audit.record(
-            session, action="auth.login", actor_name=name, target=user, outcome="failure",
-            source_ip=source_ip, detail="unknown user" if user is None else "wrong password",
+            session,
+            action="auth.login",
+            actor_name=name,
+            target=user,
+            outcome="failure",
+            source_ip=source_ip,
+            detail="unknown user" if user is None else "wrong password",
         )
         session.commit()
         raise NotAuthenticated(WRONG_CREDENTIALS, code="wrong_credentials")
     if not user.is_active:
         audit.record(
-            session, action="auth.login", actor=user, target=user, outcome="failure",
-            source_ip=source_ip, detail="account disabled",
+            session,
+            action="auth.login",
+            actor=user,
+            target=user,
+            outcome="failure",
+            source_ip=source_ip,
+            detail="account disabled",
         )
         session.commit()
         raise PermissionDenied("This account is disabled.", code="account_disabled")
@@ -107,7 +117,9 @@ def log_on(
 def log_off(session: Session, *, session_secret: str, source_ip: str = "") -> None:
     """Revoke the browser log-on behind ``session_secret``; unknown secrets are ignored."""
     browser_session = session.exec(
-        select(BrowserSession).where(BrowserSession.token_hash == tokens.hash_secret(session_secret))
+        select(BrowserSession).where(
+            BrowserSession.token_hash == tokens.hash_secret(session_secret)
+        )
     ).first()
     if browser_session is None or browser_session.revoked_at is not None:
         return
@@ -168,4 +180,3 @@ def caller_from_token(session: Session, token: str) -> Caller:
         api_token.last_used_at = now
         session.add(api_token)
     return Caller(user=user, scopes=api_token.scope_set, token_id=api_token.id)
-

@@ -27,7 +27,9 @@ class Page(Generic[T]):
     offset: int
 
 
-def paginate(session: Session, statement: SelectOfScalar[Any], *, limit: int, offset: int) -> Page[Any]:
+def paginate(
+    session: Session, statement: SelectOfScalar[Any], *, limit: int, offset: int
+) -> Page[Any]:
     """Run ``statement`` (already ordered) for one page and count all its rows.
 
     Raises:

@@ -22,7 +22,9 @@ def prepare(settings: Settings) -> str | None:
         accounts.ensure_builtin_groups(session)
         password = settings.admin_password.get_secret_value() if settings.admin_password else None
         admin, generated = accounts.ensure_admin(
-            session, username=settings.admin_username, password=password,
+            session,
+            username=settings.admin_username,
+            password=password,
             email=settings.admin_email,
         )
     logger.info("portal prepared; admin account: %s", admin.username)

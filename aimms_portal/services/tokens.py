@@ -47,8 +47,9 @@ def create_token(
             code="invalid_scope",
         )
     if "admin" in scopes and not actor.is_admin:
-        raise InvalidInput("Only admins can create tokens with the admin scope.",
-                           code="invalid_scope")
+        raise InvalidInput(
+            "Only admins can create tokens with the admin scope.", code="invalid_scope"
+        )
     if not 1 <= expires_in_days <= MAX_LIFETIME_DAYS:
         raise InvalidInput(
             f"A token expires after 1 to {MAX_LIFETIME_DAYS} days.", code="invalid_expiry"
@@ -66,7 +67,11 @@ def create_token(
     session.add(row)
     session.flush()
     audit.record(
-        session, action="token.create", actor=actor, target=row, source_ip=source_ip,
+        session,
+        action="token.create",
+        actor=actor,
+        target=row,
+        source_ip=source_ip,
         detail=f"scopes={row.scopes} expires={row.expires_at:%Y-%m-%d}",
     )
     return row, token
@@ -106,6 +111,5 @@ def revoke_token(session: Session, *, actor: User, token_id: int, source_ip: str
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         session.add(row)
-        audit.record(session, action="token.revoke", actor=actor, target=row,
-                     source_ip=source_ip)
+        audit.record(session, action="token.revoke", actor=actor, target=row, source_ip=source_ip)
     return row

@@ -13,7 +13,9 @@ from aimms_portal.storage.base import ObjectInfo, Storage, StoredObject, check_k
 __all__ = ["ObjectInfo", "Storage", "StoredObject", "check_key", "get_storage", "open_storage"]
 
 
-def open_storage(url: str, *, endpoint_url: str | None = None, region: str = "us-east-1") -> Storage:
+def open_storage(
+    url: str, *, endpoint_url: str | None = None, region: str = "us-east-1"
+) -> Storage:
     """The storage behind ``url``: ``file:///folder`` or ``s3://bucket/prefix``.
 
     Raises:
@@ -27,10 +29,10 @@ def open_storage(url: str, *, endpoint_url: str | None = None, region: str = "us
     if parsed.scheme == "s3" and parsed.netloc:
         from aimms_portal.storage.s3 import S3Storage
 
-        return S3Storage(
-            parsed.netloc, parsed.path, endpoint_url=endpoint_url, region=region
-        )
-    raise InvalidInput(f"Unsupported storage URL {url!r}: use file:///folder or s3://bucket/prefix.")
+        return S3Storage(parsed.netloc, parsed.path, endpoint_url=endpoint_url, region=region)
+    raise InvalidInput(
+        f"Unsupported storage URL {url!r}: use file:///folder or s3://bucket/prefix."
+    )
 
 
 @functools.cache

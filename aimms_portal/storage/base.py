@@ -156,5 +156,3 @@ def read_all(storage: Storage, key: str) -> bytes:
 def put_bytes(storage: Storage, key: str, data: bytes) -> StoredObject:
     """Store a small object given in memory."""
     return storage.put(key, [data])
-
-

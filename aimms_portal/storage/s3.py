@@ -119,7 +119,7 @@ class S3Storage(Storage):
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
                 for item in page.get("Contents", []):
-                    yield ObjectInfo(key=item["Key"][len(self.prefix):], size=item["Size"])
+                    yield ObjectInfo(key=item["Key"][len(self.prefix) :], size=item["Size"])
         except (BotoCoreError, ClientError) as exc:
             raise _unavailable(exc, f"list {prefix}") from exc
 
@@ -140,5 +140,6 @@ def _error_code(exc: ClientError) -> str:
 
 def _unavailable(exc: Exception, what: str) -> Unavailable:
     code = _error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
-    return Unavailable("The object store cannot be reached right now.",
-                       log_detail=f"{what}: {code}")
+    return Unavailable(
+        "The object store cannot be reached right now.", log_detail=f"{what}: {code}"
+    )

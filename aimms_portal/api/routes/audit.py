@@ -29,8 +29,15 @@ def list_audit_events(
     """Audit events, newest first, with filters."""
     with session_scope() as session:
         result = audit.list_events(
-            session, actor=caller.user, action=action, actor_name=actor, outcome=outcome,
-            target_type=target_type, since=since, until=until, limit=page.limit,
+            session,
+            actor=caller.user,
+            action=action,
+            actor_name=actor,
+            outcome=outcome,
+            target_type=target_type,
+            since=since,
+            until=until,
+            limit=page.limit,
             offset=page.offset,
         )
         items = [AuditEventPublic.model_validate(e) for e in result.items]

@@ -69,9 +69,7 @@ def logout(request: Request, response: Response) -> None:
     secret = request.cookies.get(SESSION_COOKIE)
     if secret:
         if not tokens.same_secret(request.headers.get(CSRF_HEADER, ""), csrf_token(secret)):
-            raise PermissionDenied(
-                f"Missing or wrong {CSRF_HEADER} header.", code="csrf_failed"
-            )
+            raise PermissionDenied(f"Missing or wrong {CSRF_HEADER} header.", code="csrf_failed")
         with session_scope() as session:
             auth.log_off(session, session_secret=secret, source_ip=client_ip(request))
     response.delete_cookie(SESSION_COOKIE)

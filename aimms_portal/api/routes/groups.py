@@ -39,7 +39,10 @@ def create_group(body: GroupCreate, caller: CallerDep, request: Request) -> Grou
     """Create a group."""
     with session_scope() as session:
         group = accounts.create_group(
-            session, actor=caller.user, name=body.name, description=body.description,
+            session,
+            actor=caller.user,
+            name=body.name,
+            description=body.description,
             source_ip=client_ip(request),
         )
         return GroupPublic.model_validate(group)
@@ -61,7 +64,10 @@ def update_group(
     """Change a group's description."""
     with session_scope() as session:
         group = accounts.update_group(
-            session, actor=caller.user, group_id=group_id, description=body.description,
+            session,
+            actor=caller.user,
+            group_id=group_id,
+            description=body.description,
             source_ip=client_ip(request),
         )
         return GroupPublic.model_validate(group)
@@ -81,7 +87,10 @@ def list_members(group_id: int, caller: CallerDep, page: PageDep) -> PageOut[Use
     """Members of a group by name."""
     with session_scope() as session:
         result = accounts.list_members(
-            session, actor=caller.user, group_id=group_id, limit=page.limit,
+            session,
+            actor=caller.user,
+            group_id=group_id,
+            limit=page.limit,
             offset=page.offset,
         )
         items = [UserPublic.model_validate(u) for u in result.items]
@@ -93,7 +102,10 @@ def add_member(group_id: int, body: MemberAdd, caller: CallerDep, request: Reque
     """Add a user to a group."""
     with session_scope() as session:
         accounts.add_member(
-            session, actor=caller.user, group_id=group_id, user_id=body.user_id,
+            session,
+            actor=caller.user,
+            group_id=group_id,
+            user_id=body.user_id,
             source_ip=client_ip(request),
         )
 
@@ -103,6 +115,9 @@ def remove_member(group_id: int, user_id: int, caller: CallerDep, request: Reque
     """Remove a user from a group."""
     with session_scope() as session:
         accounts.remove_member(
-            session, actor=caller.user, group_id=group_id, user_id=user_id,
+            session,
+            actor=caller.user,
+            group_id=group_id,
+            user_id=user_id,
             source_ip=client_ip(request),
         )

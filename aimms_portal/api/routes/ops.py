@@ -32,8 +32,11 @@ def readyz() -> JSONResponse:
     if problems:
         reason = "; ".join(f"{k}: {v}" for k, v in problems.items())
         return JSONResponse(
-            {"status": "unavailable", "problems": problems,
-             "error": {"code": "unavailable", "message": reason}},
+            {
+                "status": "unavailable",
+                "problems": problems,
+                "error": {"code": "unavailable", "message": reason},
+            },
             status_code=503,
         )
     return JSONResponse({"status": "ok"})

@@ -19,8 +19,12 @@ def list_tokens(
     """Your tokens, newest first (admins may pass `user_id`)."""
     with session_scope() as session:
         result = tokens.list_tokens(
-            session, actor=caller.user, user_id=user_id, include_revoked=include_revoked,
-            limit=page.limit, offset=page.offset,
+            session,
+            actor=caller.user,
+            user_id=user_id,
+            include_revoked=include_revoked,
+            limit=page.limit,
+            offset=page.offset,
         )
         items = [TokenPublic.model_validate(t) for t in result.items]
     return PageOut(items=items, total=result.total, limit=result.limit, offset=result.offset)
@@ -31,8 +35,12 @@ def create_token(body: TokenCreate, caller: CallerDep, request: Request) -> Toke
     """Create a token; the response holds it in clear, this one time."""
     with session_scope() as session:
         row, secret = tokens.create_token(
-            session, actor=caller.user, name=body.name, scopes=body.scopes,
-            expires_in_days=body.expires_in_days, source_ip=client_ip(request),
+            session,
+            actor=caller.user,
+            name=body.name,
+            scopes=body.scopes,
+            expires_in_days=body.expires_in_days,
+            source_ip=client_ip(request),
         )
         return TokenCreated(**TokenPublic.model_validate(row).model_dump(), token=secret)
 

@@ -25,8 +25,13 @@ def list_users(
     """Users by name; `q` searches name, full name and e-mail."""
     with session_scope() as session:
         result = accounts.list_users(
-            session, actor=caller.user, query=q, role=role, active=active,
-            limit=page.limit, offset=page.offset,
+            session,
+            actor=caller.user,
+            query=q,
+            role=role,
+            active=active,
+            limit=page.limit,
+            offset=page.offset,
         )
         items = [UserPublic.model_validate(u) for u in result.items]
     return PageOut(items=items, total=result.total, limit=result.limit, offset=result.offset)
@@ -37,8 +42,13 @@ def create_user(body: UserCreate, caller: CallerDep, request: Request) -> UserPu
     """Create a user with a password that meets the policy."""
     with session_scope() as session:
         user = accounts.create_user(
-            session, actor=caller.user, username=body.username, password=body.password,
-            role=body.role, email=body.email, full_name=body.full_name,
+            session,
+            actor=caller.user,
+            username=body.username,
+            password=body.password,
+            role=body.role,
+            email=body.email,
+            full_name=body.full_name,
             source_ip=client_ip(request),
         )
         return UserPublic.model_validate(user)
@@ -54,26 +64,30 @@ def read_user(user_id: int, caller: CallerDep) -> UserPublic:
 
 
 @router.patch("/{user_id}", response_model=UserPublic)
-def update_user(
-    user_id: int, body: UserUpdate, caller: CallerDep, request: Request
-) -> UserPublic:
+def update_user(user_id: int, body: UserUpdate, caller: CallerDep, request: Request) -> UserPublic:
     """Change profile, role or active flag; disabling ends the user's log-ons and tokens."""
     with session_scope() as session:
         user = accounts.update_user(
-            session, actor=caller.user, user_id=user_id, email=body.email,
-            full_name=body.full_name, role=body.role, is_active=body.is_active,
+            session,
+            actor=caller.user,
+            user_id=user_id,
+            email=body.email,
+            full_name=body.full_name,
+            role=body.role,
+            is_active=body.is_active,
             source_ip=client_ip(request),
         )
         return UserPublic.model_validate(user)
 
 
 @router.post("/{user_id}/password", status_code=status.HTTP_204_NO_CONTENT)
-def reset_password(
-    user_id: int, body: PasswordReset, caller: CallerDep, request: Request
-) -> None:
+def reset_password(user_id: int, body: PasswordReset, caller: CallerDep, request: Request) -> None:
     """Set a new password for a user; ends their browser log-ons."""
     with session_scope() as session:
         accounts.reset_password(
-            session, actor=caller.user, user_id=user_id, new_password=body.password,
+            session,
+            actor=caller.user,
+            user_id=user_id,
+            new_password=body.password,
             source_ip=client_ip(request),
         )

@@ -25,7 +25,8 @@ _LOGIN_JS = """
     window.location.href = next.startsWith('/') && !next.startsWith('//') ? next : '/';
     return '';
   }
-  try { return (await r.json()).error.message; } catch (e) { return 'Log-on failed (' + r.status + ').'; }
+  try { return (await r.json()).error.message; }
+  catch (e) { return 'Log-on failed (' + r.status + ').'; }
 })()
 """
 
@@ -51,22 +52,41 @@ def login_page() -> rx.Component:
                 rx.vstack(
                     rx.heading("Log on to aimms portal", size="6"),
                     rx.text("User name", size="2", weight="medium"),
-                    rx.input(id="login-username", name="username", auto_complete="username",
-                             required=True, width="100%", auto_focus=True),
+                    rx.input(
+                        id="login-username",
+                        name="username",
+                        auto_complete="username",
+                        required=True,
+                        width="100%",
+                        auto_focus=True,
+                    ),
                     rx.text("Password", size="2", weight="medium"),
-                    rx.input(id="login-password", name="password", type="password",
-                             auto_complete="current-password", required=True, width="100%"),
+                    rx.input(
+                        id="login-password",
+                        name="password",
+                        type="password",
+                        auto_complete="current-password",
+                        required=True,
+                        width="100%",
+                    ),
                     rx.cond(
                         LoginState.error != "",
-                        rx.callout(LoginState.error, icon="triangle-alert", color_scheme="red",
-                                   id="login-error", width="100%"),
+                        rx.callout(
+                            LoginState.error,
+                            icon="triangle-alert",
+                            color_scheme="red",
+                            id="login-error",
+                            width="100%",
+                        ),
                     ),
                     rx.button("Log on", type="submit", width="100%", id="login-submit"),
                     spacing="3",
                     width="100%",
                 ),
-                on_submit=[LoginState.clear_error,
-                           rx.call_script(_LOGIN_JS, callback=LoginState.show_error)],
+                on_submit=[
+                    LoginState.clear_error,
+                    rx.call_script(_LOGIN_JS, callback=LoginState.show_error),
+                ],
                 reset_on_submit=False,
             ),
             width="24em",

@@ -9,7 +9,8 @@ from aimms_portal.ui.layout import not_built
 
 def apps_page() -> rx.Component:
     return not_built(
-        "Apps", "The catalogue of apps you may run will be listed here.",
+        "Apps",
+        "The catalogue of apps you may run will be listed here.",
         "publishing (runtime versions, app bundles and releases)",
     )
 
@@ -20,7 +21,8 @@ def jobs_page() -> rx.Component:
 
 def sessions_page() -> rx.Component:
     return not_built(
-        "Sessions", "Your WebUI and desktop client sessions will be listed here.",
+        "Sessions",
+        "Your WebUI and desktop client sessions will be listed here.",
         "data sessions",
     )
 
@@ -33,6 +35,7 @@ def runtimes_page() -> rx.Component:
 
 def operator_page() -> rx.Component:
     return not_built(
-        "Operator", "Capacity, queues, running sessions and failures will be shown here.",
+        "Operator",
+        "Capacity, queues, running sessions and failures will be shown here.",
         "solve jobs and data sessions",
     )

@@ -1,0 +1,1 @@
+"""Use cases shared by the UI, the REST API and the CLI."""
