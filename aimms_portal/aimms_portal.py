@@ -13,7 +13,15 @@ from aimms_portal.db import session_scope
 from aimms_portal.errors import PortalError
 from aimms_portal.logs import configure_logging
 from aimms_portal.services import audit
-from aimms_portal.ui.pages import login, upcoming
+from aimms_portal.ui.pages import (
+    account,
+    admin_audit,
+    admin_groups,
+    admin_users,
+    login,
+    tokens,
+    upcoming,
+)
 from aimms_portal.ui.state import SessionState
 
 logger = logging.getLogger(__name__)
@@ -47,19 +55,27 @@ app = rx.App(api_transformer=create_api())
 app.register_lifespan_task(enforce_retention)
 
 app.add_page(login.login_page, route="/login", title="Log on · aimms portal")
-_guarded = [
-    (upcoming.apps_page, "/", "Apps"),
-    (upcoming.jobs_page, "/jobs", "Jobs"),
-    (upcoming.sessions_page, "/sessions", "Sessions"),
-    (upcoming.runtimes_page, "/runtimes", "Runtimes"),
+
+# every other page is guarded: the server checks the log-on (and role) on each load
+_signed_on = [
+    (upcoming.apps_page, "/", "Apps", []),
+    (upcoming.jobs_page, "/jobs", "Jobs", []),
+    (upcoming.sessions_page, "/sessions", "Sessions", []),
+    (upcoming.runtimes_page, "/runtimes", "Runtimes", []),
+    (tokens.tokens_page, "/tokens", "API tokens", [tokens.TokensState.load]),
+    (account.account_page, "/account", "Your account", []),
 ]
-for component, route, title in _guarded:
-    app.add_page(
-        component, route=route, title=f"{title} · aimms portal", on_load=SessionState.check_login
-    )
-app.add_page(
-    upcoming.operator_page,
-    route="/operator",
-    title="Operator · aimms portal",
-    on_load=SessionState.check_admin,
-)
+_admin_only = [
+    (upcoming.operator_page, "/operator", "Operator", []),
+    (admin_users.users_page, "/admin/users", "Users", [admin_users.UsersState.load]),
+    (admin_groups.groups_page, "/admin/groups", "Groups", [admin_groups.GroupsState.load]),
+    (admin_audit.audit_page, "/admin/audit", "Audit log", [admin_audit.AuditState.load]),
+]
+for guard, pages in (
+    (SessionState.check_login, _signed_on),
+    (SessionState.check_admin, _admin_only),
+):
+    for component, route, title, loaders in pages:
+        app.add_page(
+            component, route=route, title=f"{title} · aimms portal", on_load=[guard, *loaders]
+        )

@@ -74,6 +74,20 @@ def get_user(session: Session, *, actor: User, user_id: int) -> User:
     return user
 
 
+def get_user_by_username(session: Session, *, actor: User, username: str) -> User:
+    """One user by exact user name (admins only).
+
+    Raises:
+        NotFound: no user has that name.
+    """
+    require(actor, Action.manage_users)
+    name = username.strip().lower()
+    user = session.exec(select(User).where(User.username == name)).first()
+    if user is None:
+        raise NotFound(f"There is no user called {name[:64]!r}.")
+    return user
+
+
 def list_users(
     session: Session,
     *,

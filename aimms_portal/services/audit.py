@@ -13,6 +13,9 @@ from aimms_portal.services.pagination import DEFAULT_LIMIT, Page, paginate
 
 logger = logging.getLogger(__name__)
 
+#: How table rows are named in the audit log where the class name would read oddly.
+_TARGET_TYPES = {"ApiToken": "token", "BrowserSession": "log-on"}
+
 
 def record(
     session: Session,
@@ -35,7 +38,8 @@ def record(
     ``target`` may be any table row with ``id`` and ``name`` or ``username``.
     """
     if target is not None:
-        target_type = target_type or type(target).__name__.lower()
+        kind = type(target).__name__
+        target_type = target_type or _TARGET_TYPES.get(kind, kind.lower())
         target_id = target_id or getattr(target, "id", "") or ""
         target_name = (
             target_name or getattr(target, "username", None) or getattr(target, "name", "")

@@ -9,6 +9,7 @@ log-off, an ended session or a disabled account takes effect at the next click.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable
 from http.cookies import SimpleCookie
@@ -120,3 +121,21 @@ def failure(exc: PortalError) -> Any:
     if isinstance(exc, NotAuthenticated):
         return rx.redirect("/login")
     return rx.toast.error(exc.message)
+
+
+async def call_as_user(state: rx.State, fn: Callable[..., T], **kwargs: Any) -> T:
+    """Run a service function on behalf of the signed-on user of ``state``'s tab.
+
+    The user is looked up from the log-on cookie again for this one call, so rights
+    are always those of now; the service itself checks them. Services that audit get
+    the browser's address as ``source_ip``.
+    """
+    actor = await actor_of(state)
+    if "source_ip" in inspect.signature(fn).parameters:
+        kwargs.setdefault("source_ip", state.router.session.client_ip or "")
+    return await call_service(fn, actor=actor, **kwargs)
+
+
+def when(moment: Any) -> str:
+    """A timestamp for tables: ``2026-12-03 18:42`` (UTC), or an empty string."""
+    return moment.strftime("%Y-%m-%d %H:%M") if moment else ""
