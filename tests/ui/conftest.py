@@ -1,0 +1,152 @@
+"""A real portal process (Reflex production build, single port) and Chromium.
+
+The portal runs from a scratch folder that links to the package, so its compiled
+front end (``.web``) never disturbs a developer's portal running from the checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from aimms_portal.db import REPO_ROOT
+
+CHROMIUM = os.environ.get("AIMMS_TEST_CHROMIUM") or shutil.which("chromium") or ""
+ADMIN_PASSWORD = "Admin-password-for-tests-1"
+START_TIMEOUT = 180
+
+
+@dataclass(frozen=True)
+class Portal:
+    url: str
+    admin_username: str
+    admin_password: str
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _scratch_project(folder: Path) -> Path:
+    for name in ("aimms_portal", "assets", "alembic", "alembic.ini"):
+        (folder / name).symlink_to(REPO_ROOT / name)
+    shutil.copy(REPO_ROOT / "rxconfig.py", folder / "rxconfig.py")
+    shutil.copytree(REPO_ROOT / "reflex.lock", folder / "reflex.lock")
+    return folder
+
+
+def _wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"portal exited with {process.returncode}:\n{log.read_text()[-3000:]}"
+            )
+        try:
+            with urllib.request.urlopen(f"{url}/login", timeout=2) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(
+        f"portal did not answer within {START_TIMEOUT} s:\n{log.read_text()[-3000:]}"
+    )
+
+
+@pytest.fixture
+def portal(db: None, database_url: str, tmp_path: Path) -> Iterator[Portal]:
+    """A portal serving the test database on a free loopback port, admin prepared."""
+    port = _free_port()
+    url = f"http://localhost:{port}"
+    project = tmp_path / "project"
+    project.mkdir()
+    _scratch_project(project)
+    env = dict(os.environ)
+    env.update(
+        AIMMS_PORTAL_DATABASE_URL=database_url,
+        AIMMS_PORTAL_STORAGE_URL=(tmp_path / "storage").as_uri(),
+        AIMMS_PORTAL_DATA_DIR=str(tmp_path / "data"),
+        AIMMS_PORTAL_PUBLIC_URL=url,
+        AIMMS_PORTAL_PORT=str(port),
+        AIMMS_PORTAL_ADMIN_USERNAME="admin",
+        AIMMS_PORTAL_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        REFLEX_TELEMETRY_ENABLED="false",
+        REFLEX_CHECK_LATEST_VERSION="false",
+    )
+    tools = REPO_ROOT / ".tools" / "node_modules" / ".bin"
+    if tools.is_dir():
+        env["PATH"] = f"{tools}{os.pathsep}{env['PATH']}"
+        env["REFLEX_USE_SYSTEM_BUN"] = "1"
+    bin_dir = Path(sys.executable).parent
+    subprocess.run(
+        [bin_dir / "aimms-portal", "run", "--prepare-only"],
+        env=env,
+        check=True,
+        cwd=project,
+        capture_output=True,
+    )
+
+    log = tmp_path / "portal.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [
+                bin_dir / "reflex",
+                "run",
+                "--env",
+                "prod",
+                "--single-port",
+                "--frontend-port",
+                str(port),
+                "--backend-port",
+                str(port),
+            ],
+            cwd=project,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_until_ready(url, process, log)
+        yield Portal(url=url, admin_username="admin", admin_password=ADMIN_PASSWORD, log=log)
+    finally:
+        # the server runs in its own process group: stop the group, workers included
+        try:
+            os.killpg(process.pid, 15)
+            process.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(process.pid, 9)
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict) -> dict:
+    """Debian's Chromium, without the calls home that a closed network refuses."""
+    if not CHROMIUM:
+        pytest.fail("Chromium not found: install Debian's chromium or set AIMMS_TEST_CHROMIUM")
+    return {
+        **browser_type_launch_args,
+        "executable_path": CHROMIUM,
+        "args": [
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ],
+    }

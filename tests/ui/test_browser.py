@@ -1,0 +1,104 @@
+"""The portal in Chromium: log-on, navigation by role, admin pages, tokens, log-off."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.ui.conftest import Portal
+
+pytestmark = pytest.mark.browser
+
+TIMEOUT = 20_000
+
+
+def _log_on(page: Page, portal: Portal, username: str, password: str) -> None:
+    page.goto(f"{portal.url}/login")
+    page.fill("#login-username", username)
+    page.fill("#login-password", password)
+    page.click("#login-submit")
+    expect(page.locator("#main-nav")).to_be_visible(timeout=TIMEOUT)
+
+
+def _get_me(portal: Portal, token: str) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"{portal.url}/api/v1/me", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def test_admin_creates_user_and_token_then_logs_off(page: Page, portal: Portal) -> None:
+    page.set_default_timeout(TIMEOUT)
+
+    # a guarded page sends an anonymous browser to the log-on page
+    page.goto(f"{portal.url}/tokens")
+    expect(page).to_have_url(re.compile(r"/login"))
+
+    # a wrong password is refused with a plain message
+    page.fill("#login-username", "admin")
+    page.fill("#login-password", "not-the-password-1!")
+    page.click("#login-submit")
+    expect(page.locator("#login-error")).to_have_text("Wrong user name or password.")
+
+    _log_on(page, portal, portal.admin_username, portal.admin_password)
+    nav = page.locator("#main-nav")
+    for area in ("Apps", "Jobs", "Sessions", "Runtimes", "Admin", "Operator"):
+        expect(nav.get_by_text(area, exact=True)).to_be_visible()
+    page.goto(f"{portal.url}/jobs")
+    expect(page.locator("#not-built")).to_contain_text("not built yet")
+
+    # create a user on the admin page
+    page.goto(f"{portal.url}/admin/users")
+    page.click("#user-new")
+    page.fill("#new-username", "dora")
+    page.fill("#new-password", "Dora-password-2024")
+    page.click("#user-create")
+    expect(page.locator("#user-row-dora")).to_be_visible()
+
+    # create an API token; it is shown once and works against the REST API
+    page.goto(f"{portal.url}/tokens")
+    page.fill("#token-name", "browser test")
+    page.click("#token-create")
+    token_field = page.locator("#new-token")
+    expect(token_field).to_have_value(re.compile(r"^apt_"))
+    token = token_field.input_value()
+    status, me = _get_me(portal, token)
+    assert status == 200 and me["username"] == "admin" and me["auth"] == "token"
+    page.click("#token-done")
+    expect(page.locator("#new-token")).to_have_count(0)
+    expect(page.locator("#tokens-table")).to_contain_text("browser test")
+
+    # log off: the token page is closed to this browser again
+    page.click("#user-menu")
+    page.click("#menu-logoff")
+    expect(page).to_have_url(re.compile(r"/login"))
+    page.goto(f"{portal.url}/tokens")
+    expect(page).to_have_url(re.compile(r"/login"))
+    expect(page.locator("#tokens-table")).to_have_count(0)
+    # the REST API agrees: the browser's cookie no longer works
+    assert page.request.get(f"{portal.url}/api/v1/me").status == 401
+
+
+def test_plain_user_sees_no_admin_areas(page: Page, portal: Portal, make_user) -> None:
+    page.set_default_timeout(TIMEOUT)
+    make_user("erin")
+    _log_on(page, portal, "erin", "Correct-horse-9-battery")
+    nav = page.locator("#main-nav")
+    expect(nav.get_by_text("Apps", exact=True)).to_be_visible()
+    for area in ("Admin", "Operator", "Runtimes"):
+        expect(nav.get_by_text(area, exact=True)).to_have_count(0)
+
+    # typing an admin address is refused on the server: back to the start page
+    page.goto(f"{portal.url}/admin/users")
+    expect(page).to_have_url(re.compile(r"localhost:\d+/$"))
+    expect(page.locator("#users-table")).to_have_count(0)
+    assert page.request.get(f"{portal.url}/api/v1/users").status == 403
