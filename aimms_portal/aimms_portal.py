@@ -22,7 +22,7 @@ from aimms_portal.ui.pages import (
     tokens,
     upcoming,
 )
-from aimms_portal.ui.state import SessionState
+from aimms_portal.ui.state import PAGE_LOADERS, SessionState
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,6 @@ for guard, pages in (
     (SessionState.check_admin, _admin_only),
 ):
     for component, route, title, loaders in pages:
-        app.add_page(
-            component, route=route, title=f"{title} · aimms portal", on_load=[guard, *loaders]
-        )
+        # the guard runs the loaders only once it has confirmed the log-on and role
+        PAGE_LOADERS[route] = loaders
+        app.add_page(component, route=route, title=f"{title} · aimms portal", on_load=guard)

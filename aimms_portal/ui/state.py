@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Events that fill a page once its guard has confirmed who is signed on, by route.
+#: Filled when the app is built; never changed while it runs.
+PAGE_LOADERS: dict[str, list[Any]] = {}
+
 
 def _run_in_session(fn: Callable[..., T], kwargs: dict[str, Any]) -> T:
     with session_scope() as session:
@@ -84,9 +88,8 @@ class SessionState(rx.State):
     def _forget(self) -> None:
         self.user_id, self.username, self.full_name, self.role = 0, "", "", ""
 
-    @rx.event
-    async def check_login(self) -> Any:
-        """Page guard: fill in the user or send the browser to the log-on page."""
+    async def _confirm(self) -> Any:
+        """Fill in the signed-on user; an event to send the browser away if there is none."""
         try:
             user = await self.current_user()
         except NotAuthenticated:
@@ -101,13 +104,24 @@ class SessionState(rx.State):
         self.role = user.role
         return None
 
+    def _page_loaders(self) -> list[Any]:
+        route = "/" + (self.router.route_id or "").strip("/")
+        return PAGE_LOADERS.get(route, [])
+
+    @rx.event
+    async def check_login(self) -> Any:
+        """Page guard: send the browser to log on, or load the page's data."""
+        return await self._confirm() or self._page_loaders()
+
     @rx.event
     async def check_admin(self) -> Any:
-        """Page guard for admin pages."""
-        redirect = await self.check_login()
-        if redirect is None and self.role != "admin":
-            return rx.redirect("/")
-        return redirect
+        """Page guard for admin pages: others go back to the start page."""
+        away = await self._confirm()
+        if away is not None:
+            return away
+        if self.role != "admin":
+            return [rx.redirect("/"), rx.toast.error("That page is for admins.")]
+        return self._page_loaders()
 
 
 async def actor_of(state: rx.State) -> User:

@@ -64,6 +64,11 @@ def test_admin_creates_user_and_token_then_logs_off(page: Page, portal: Portal) 
     page.click("#user-create")
     expect(page.locator("#user-row-dora")).to_be_visible()
 
+    # the audit log shows it, loaded when the page opens
+    page.goto(f"{portal.url}/admin/audit")
+    expect(page.locator("#audit-table")).to_contain_text("user.create")
+    expect(page.locator("#audit-table")).to_contain_text("dora")
+
     # create an API token; it is shown once and works against the REST API
     page.goto(f"{portal.url}/tokens")
     page.fill("#token-name", "browser test")
