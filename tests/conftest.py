@@ -1,36 +1,32 @@
 """Fixtures shared by the whole suite.
 
 The suite runs against PostgreSQL (``AIMMS_TEST_PG_URL``, default the server on
-127.0.0.1:5432): each run creates its own database and drops it at the end. With
+127.0.0.1:5432): each run creates its own database and drops it at the end (see
+``tests.helpers.migrated_database``). With
 ``AIMMS_TEST_DB=sqlite`` the same tests run on a SQLite file instead (the smoke
 subset, ``-m sqlite``). Every test starts from empty tables.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 from sqlmodel import SQLModel
 
 from aimms_portal import config, storage
 from aimms_portal.api.app import create_api
-from aimms_portal.db import reset_engine, session_scope, upgrade_database
+from aimms_portal.db import reset_engine, session_scope
 from aimms_portal.models import Role, User
 from aimms_portal.services import accounts
-from tests.helpers import PASSWORD
+from tests.helpers import PASSWORD, USE_SQLITE, migrated_database
 
-PG_ADMIN_URL = os.environ.get(
-    "AIMMS_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-)
-USE_SQLITE = os.environ.get("AIMMS_TEST_DB", "postgresql") == "sqlite"
+pytest_plugins = ["tests.servers"]
+
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -44,24 +40,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A freshly migrated database for this test run; dropped afterwards."""
-    if USE_SQLITE:
-        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'portal.db'}"
-        upgrade_database(url)
+    with migrated_database(tmp_path_factory.mktemp("db")) as url:
         yield url
-        return
-    name = f"aimms_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade_database(url)
-        yield url
-    finally:
         reset_engine()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture

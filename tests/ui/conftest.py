@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from aimms_portal.db import REPO_ROOT
+from tests.helpers import migrated_database
 
 CHROMIUM = os.environ.get("AIMMS_TEST_CHROMIUM") or shutil.which("chromium") or ""
 ADMIN_PASSWORD = "Admin-password-for-tests-1"
@@ -67,9 +68,19 @@ def _wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> 
     )
 
 
-@pytest.fixture
-def portal(db: None, database_url: str, tmp_path: Path) -> Iterator[Portal]:
-    """A portal serving the test database on a free loopback port, admin prepared."""
+@pytest.fixture(scope="module")
+def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Portal]:
+    """A portal on a free loopback port with a database of its own and a known admin.
+
+    One portal serves all tests of a module (starting one takes a while), so tests
+    create what they need under names of their own, through the portal itself.
+    """
+    tmp_path = tmp_path_factory.mktemp("portal")
+    with migrated_database(tmp_path) as database_url:
+        yield from _serve(tmp_path, database_url)
+
+
+def _serve(tmp_path: Path, database_url: str) -> Iterator[Portal]:
     port = _free_port()
     url = f"http://localhost:{port}"
     project = tmp_path / "project"

@@ -10,6 +10,7 @@ import urllib.request
 import pytest
 from playwright.sync_api import Page, expect
 
+from aimms_portal.client import PortalClient
 from tests.ui.conftest import Portal
 
 pytestmark = pytest.mark.browser
@@ -30,10 +31,21 @@ def _get_me(portal: Portal, token: str) -> tuple[int, dict]:
         f"{portal.url}/api/v1/me", headers={"Authorization": f"Bearer {token}"}
     )
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as exc:
         return exc.code, json.load(exc)
+
+
+def _create_user(portal: Portal, username: str, password: str) -> None:
+    """Create a user through the portal's REST API, as its admin."""
+    with PortalClient(portal.url) as client:
+        created = client.log_on_for_token(
+            portal.admin_username, portal.admin_password, token_name="test setup",
+            scopes=["read", "write"], expires_in_days=1,
+        )
+    with PortalClient(portal.url, created["token"]) as admin:
+        admin.request("POST", "/users", json={"username": username, "password": password})
 
 
 def test_admin_creates_user_and_token_then_logs_off(page: Page, portal: Portal) -> None:
@@ -93,10 +105,10 @@ def test_admin_creates_user_and_token_then_logs_off(page: Page, portal: Portal) 
     assert page.request.get(f"{portal.url}/api/v1/me").status == 401
 
 
-def test_plain_user_sees_no_admin_areas(page: Page, portal: Portal, make_user) -> None:
+def test_plain_user_sees_no_admin_areas(page: Page, portal: Portal) -> None:
     page.set_default_timeout(TIMEOUT)
-    make_user("erin")
-    _log_on(page, portal, "erin", "Correct-horse-9-battery")
+    _create_user(portal, "erin", "Erin-password-2024")
+    _log_on(page, portal, "erin", "Erin-password-2024")
     nav = page.locator("#main-nav")
     expect(nav.get_by_text("Apps", exact=True)).to_be_visible()
     for area in ("Admin", "Operator", "Runtimes"):
