@@ -33,6 +33,12 @@ FAKE_AWS_ENV = {
     "AWS_EC2_METADATA_DISABLED": "true",
 }
 
+#: An opener that ignores proxy settings: the tests talk to loopback only.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+#: Hosts that must never be reached through a proxy.
+LOOPBACK = "127.0.0.1,localhost,::1"
+
 #: How long moto may take to answer its first request before the run gives up.
 STARTUP_TIMEOUT = 30.0
 
@@ -50,7 +56,7 @@ def _wait_until_answering(endpoint: str, process: subprocess.Popen[bytes], log: 
         if process.poll() is not None:
             raise RuntimeError(f"moto exited with {process.returncode}: {log.read_text()[-2000:]}")
         try:
-            with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2):  # noqa: S310
+            with _DIRECT.open(f"{endpoint}/moto-api/", timeout=2):
                 return
         except urllib.error.HTTPError:
             return  # any HTTP answer means the server is up
@@ -80,6 +86,9 @@ def fake_aws() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         for name, value in FAKE_AWS_ENV.items():
             patch.setenv(name, value)
+        # botocore honours HTTP(S)_PROXY: loopback must never go through one
+        for name in ("NO_PROXY", "no_proxy"):
+            patch.setenv(name, ",".join(filter(None, [os.environ.get(name), LOOPBACK])))
         yield
 
 
@@ -123,11 +132,11 @@ def s3_bucket(moto_server: str) -> Iterator[tuple[str, str]]:
     try:
         yield moto_server, bucket
     finally:
-        _remove_bucket(client, bucket)
+        remove_bucket(client, bucket)
 
 
-def _remove_bucket(client: Any, bucket: str) -> None:
-    # moto keeps everything in memory for the whole run: give back the test's objects
+def remove_bucket(client: Any, bucket: str) -> None:
+    """Empty and delete ``bucket`` (moto keeps everything in memory for the whole run)."""
     try:
         uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
         for upload in uploads:

@@ -17,6 +17,7 @@ from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from aimms_portal.api import API_PREFIX
 from aimms_portal.api.routes import audit, auth, groups, me, ops, tokens, users
 from aimms_portal.api.schemas import ErrorBody
 from aimms_portal.errors import (
@@ -31,8 +32,6 @@ from aimms_portal.errors import (
 )
 
 logger = logging.getLogger(__name__)
-
-API_PREFIX = "/api/v1"
 
 _STATUS: list[tuple[type[PortalError], int]] = [
     (NotAuthenticated, 401),
@@ -154,7 +153,7 @@ def create_api() -> FastAPI:
         },
     )
     for module in (auth, me, users, groups, tokens, audit):
-        api.include_router(module.router, prefix=API_PREFIX)
+        api.include_router(module.router)
     api.include_router(ops.router)
 
     @api.api_route(

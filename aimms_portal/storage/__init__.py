@@ -19,10 +19,12 @@ def open_storage(
     """The storage behind ``url``: ``file:///folder`` or ``s3://bucket/prefix``.
 
     Raises:
-        InvalidInput: an unknown scheme or a URL without a folder or bucket.
+        InvalidInput: an unknown scheme, a URL without a folder or bucket, or a
+            ``file:`` URL naming another host (``file://data/x`` is not a relative path).
     """
     parsed = urlparse(url)
-    if parsed.scheme == "file" and parsed.path:
+    # file://data/x would mean the folder /x on host "data": refuse it, not guess
+    if parsed.scheme == "file" and parsed.path and parsed.netloc in ("", "localhost"):
         from aimms_portal.storage.local import LocalStorage
 
         return LocalStorage(Path(unquote(parsed.path)))

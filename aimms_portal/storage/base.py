@@ -57,18 +57,49 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_prefix(prefix: str) -> str:
+    """Refuse list prefixes that no valid key could start with (``..``, ``/abs``, ...).
+
+    A prefix is empty, or a key (see :func:`check_key`) that may end with ``/`` or in
+    the middle of a segment. Checking it keeps a local folder's listing inside its root.
+
+    Raises:
+        InvalidInput: the prefix does not fit.
+    """
+    folder, _, tail = prefix.rpartition("/")
+    if (folder or prefix.startswith("/")) and not _fits_key(folder):
+        raise InvalidInput(f"Invalid storage prefix {prefix[:80]!r}.", code="invalid_key")
+    if tail and not _KEY_SEGMENT.match(tail):
+        raise InvalidInput(f"Invalid storage prefix {prefix[:80]!r}.", code="invalid_key")
+    return prefix
+
+
+def _fits_key(key: str) -> bool:
+    try:
+        check_key(key)
+    except InvalidInput:
+        return False
+    return True
+
+
 class HashingReader:
     """Wraps a stream of bytes: hashes and counts what passes, enforces a size limit.
 
-    ``source`` is a readable file object or an iterable of ``bytes`` chunks.
+    ``source`` is a readable file object or an iterable of ``bytes`` chunks (a single
+    ``bytes`` value counts as one chunk). :meth:`read` behaves like a regular file's:
+    it returns exactly ``size`` bytes except at the end of the stream, whatever sizes
+    the source hands out, because boto3's transfer manager takes a short read for the
+    end of the stream (and would silently store a truncated object).
     """
 
     def __init__(self, source: Readable | Iterable[bytes], max_bytes: int | None = None) -> None:
+        if isinstance(source, bytes | bytearray | memoryview):
+            source = [bytes(source)]
         self._read = getattr(source, "read", None)
         self._chunks: Iterator[bytes] | None = (
             None if self._read else iter(source)  # type: ignore[arg-type]
         )
-        self._pending = b""
+        self._pending = memoryview(b"")
         self.max_bytes = max_bytes
         self.size = 0
         self._hash = hashlib.sha256()
@@ -77,25 +108,44 @@ class HashingReader:
     def sha256(self) -> str:
         return self._hash.hexdigest()
 
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            size = 1 << 62
-        data = self._read(size) if self._read else self._from_chunks(size)
+    def read(self, size: int | None = -1) -> bytes:
+        """The next ``size`` bytes (all that is left if ``size`` is negative or None).
+
+        Raises:
+            TooLarge: the stream went past ``max_bytes``.
+        """
+        wanted = None if size is None or size < 0 else size
+        parts: list[bytes] = []
+        got = 0
+        while wanted is None or got < wanted:
+            # a bounded request even for "everything": a real file preallocates `size`
+            data = self._read_some(CHUNK_SIZE if wanted is None else wanted - got)
+            if not data:
+                break
+            self._count(data)
+            parts.append(data)
+            got += len(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _count(self, data: bytes) -> None:
         self.size += len(data)
         if self.max_bytes is not None and self.size > self.max_bytes:
             raise TooLarge(f"The upload exceeds the limit of {self.max_bytes} bytes.")
         self._hash.update(data)
-        return data
 
-    def _from_chunks(self, size: int) -> bytes:
+    def _read_some(self, size: int) -> bytes:
+        """Up to ``size`` bytes from the source; ``b""`` only at its end."""
+        if self._read is not None:
+            return bytes(self._read(size) or b"")
         assert self._chunks is not None
         while not self._pending:
             try:
-                self._pending = next(self._chunks)
+                self._pending = memoryview(next(self._chunks))
             except StopIteration:
                 return b""
+        # slices of a memoryview copy nothing: a large chunk is not copied per read
         data, self._pending = self._pending[:size], self._pending[size:]
-        return data
+        return bytes(data)
 
 
 class Storage(ABC):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ from aimms_portal.storage.base import (
     Storage,
     StoredObject,
     check_key,
+    check_prefix,
 )
 
 logger = logging.getLogger(__name__)
@@ -43,25 +45,27 @@ class LocalStorage(Storage):
         self, key: str, source: Readable | Iterable[bytes], *, max_bytes: int | None = None
     ) -> StoredObject:
         target = self._path(key)
-        tmp_dir = self.root / _TMP
-        tmp = tmp_dir / uuid.uuid4().hex
+        tmp = self.root / _TMP / uuid.uuid4().hex
         reader = HashingReader(source, max_bytes)
         try:
-            tmp_dir.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "xb") as out:
+            with _folder_errors(key):
+                tmp.parent.mkdir(parents=True, exist_ok=True)
+                out = open(tmp, "xb")  # noqa: SIM115 (closed by the block below)
+            with out:
+                # only the folder's own steps are wrapped: an OSError of the source (such as
+                # the ConnectionResetError of a dropped upload) is not the folder's fault
                 while chunk := reader.read(CHUNK_SIZE):
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, target)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise Unavailable(
-                "The storage folder cannot be written.", log_detail=f"{key}: {exc}"
-            ) from exc
+                    with _folder_errors(key):
+                        out.write(chunk)
+                with _folder_errors(key):
+                    out.flush()
+                    os.fsync(out.fileno())
+            with _folder_errors(key):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, target)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # keep the first error, not the clean-up's
+                tmp.unlink(missing_ok=True)
             raise
         logger.debug("stored %s (%d bytes)", key, reader.size)
         return StoredObject(key=key, size=reader.size, sha256=reader.sha256)
@@ -69,7 +73,7 @@ class LocalStorage(Storage):
     def open(self, key: str) -> BinaryIO:
         try:
             return open(self._path(key), "rb")
-        except (FileNotFoundError, IsADirectoryError) as exc:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise NotFound(f"No stored object {key!r}.") from exc
 
     def exists(self, key: str) -> bool:
@@ -85,7 +89,7 @@ class LocalStorage(Storage):
             parent = parent.parent
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        folder = prefix.rpartition("/")[0]
+        folder = check_prefix(prefix).rpartition("/")[0]
         base = self.root / folder if folder else self.root
         if not base.is_dir():
             return
@@ -115,3 +119,14 @@ class LocalStorage(Storage):
     def free_bytes(self) -> int:
         """Free space on the storage folder's file system."""
         return shutil.disk_usage(self.root).free
+
+
+@contextlib.contextmanager
+def _folder_errors(key: str) -> Iterator[None]:
+    """Report a failing file-system step as :class:`Unavailable` (the folder, not the input)."""
+    try:
+        yield
+    except OSError as exc:
+        raise Unavailable(
+            "The storage folder cannot be written.", log_detail=f"{key}: {exc}"
+        ) from exc

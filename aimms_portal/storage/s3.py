@@ -24,15 +24,23 @@ from aimms_portal.storage.base import (
     Storage,
     StoredObject,
     check_key,
+    check_prefix,
 )
 
 logger = logging.getLogger(__name__)
 
 PART_SIZE = 8 * 1024 * 1024
-#: Parts in flight at once; with ``PART_SIZE`` this bounds an upload's buffers (~32 MB).
+#: Parts in flight at once. An upload's buffers stay near (CONCURRENCY + 2) * PART_SIZE
+#: (~48 MB: the parts in flight plus the one being read) whatever the object size.
 CONCURRENCY = 4
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+_BUCKET_PROBLEMS = {
+    "404": "does not exist",
+    "NoSuchBucket": "does not exist",
+    "403": "may not be used with these credentials",
+    "AccessDenied": "may not be used with these credentials",
+}
 
 
 class S3Storage(Storage):
@@ -65,6 +73,9 @@ class S3Storage(Storage):
             max_concurrency=CONCURRENCY,
             max_io_queue=CONCURRENCY,
         )
+        # parts read from a stream wait in memory for a free upload thread; boto3 lets
+        # 10 of them queue by default, which would make the bound ~100 MB, not ~48 MB
+        self._transfer.max_in_memory_upload_chunks = CONCURRENCY
 
     def __repr__(self) -> str:
         return f"S3Storage(s3://{self.bucket}/{self.prefix})"
@@ -115,6 +126,7 @@ class S3Storage(Storage):
             raise _unavailable(exc, f"delete {key}") from exc
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        check_prefix(prefix)
         paginator = self.client.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
@@ -127,9 +139,10 @@ class S3Storage(Storage):
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
-            raise Unavailable(
-                f"The bucket {self.bucket!r} cannot be used ({_error_code(exc)})."
-            ) from exc
+            code = _error_code(exc)
+            # HEAD answers carry no body: the status is all S3 says about the reason
+            reason = _BUCKET_PROBLEMS.get(code, "cannot be used")
+            raise Unavailable(f"The bucket {self.bucket!r} {reason} ({code}).") from exc
         except BotoCoreError as exc:
             raise Unavailable(f"The S3 endpoint cannot be reached: {exc}.") from exc
 

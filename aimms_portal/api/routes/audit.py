@@ -7,12 +7,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from aimms_portal.api import API_PREFIX
 from aimms_portal.api.deps import CallerDep, PageDep
 from aimms_portal.api.schemas import AuditEventPublic, PageOut
 from aimms_portal.db import session_scope
 from aimms_portal.services import audit
 
-router = APIRouter(prefix="/audit", tags=["audit"])
+router = APIRouter(prefix=f"{API_PREFIX}/audit", tags=["audit"])
 
 
 @router.get("", response_model=PageOut[AuditEventPublic])

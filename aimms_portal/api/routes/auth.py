@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
+from aimms_portal.api import API_PREFIX
 from aimms_portal.api.deps import (
     CSRF_COOKIE,
     CSRF_HEADER,
@@ -21,7 +22,7 @@ from aimms_portal.errors import PermissionDenied
 from aimms_portal.models import utcnow
 from aimms_portal.services import auth
 
-router = APIRouter(prefix="/auth", tags=["auth"])
+router = APIRouter(prefix=f"{API_PREFIX}/auth", tags=["auth"])
 
 
 def _require_json(request: Request) -> None:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
 
+from aimms_portal.api import API_PREFIX
 from aimms_portal.api.deps import CallerDep, PageDep, client_ip
 from aimms_portal.api.schemas import (
     GroupCreate,
@@ -18,7 +19,7 @@ from aimms_portal.api.schemas import (
 from aimms_portal.db import session_scope
 from aimms_portal.services import accounts
 
-router = APIRouter(prefix="/groups", tags=["groups"])
+router = APIRouter(prefix=f"{API_PREFIX}/groups", tags=["groups"])
 
 
 @router.get("", response_model=PageOut[GroupPublic])

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, status
 
+from aimms_portal.api import API_PREFIX
 from aimms_portal.api.deps import CallerDep, client_ip
 from aimms_portal.api.schemas import MeOut, PasswordChange, UserPublic
 from aimms_portal.db import session_scope
 from aimms_portal.services import accounts
 
-router = APIRouter(prefix="/me", tags=["me"])
+router = APIRouter(prefix=f"{API_PREFIX}/me", tags=["me"])
 
 
 @router.get("", response_model=MeOut)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, status
 
+from aimms_portal.api import API_PREFIX
 from aimms_portal.api.deps import CallerDep, PageDep, client_ip
 from aimms_portal.api.schemas import PageOut, TokenCreate, TokenCreated, TokenPublic
 from aimms_portal.db import session_scope
 from aimms_portal.services import tokens
 
-router = APIRouter(prefix="/tokens", tags=["tokens"])
+router = APIRouter(prefix=f"{API_PREFIX}/tokens", tags=["tokens"])
 
 
 @router.get("", response_model=PageOut[TokenPublic])

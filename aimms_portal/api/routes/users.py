@@ -6,12 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
 
+from aimms_portal.api import API_PREFIX
 from aimms_portal.api.deps import CallerDep, PageDep, client_ip
 from aimms_portal.api.schemas import PageOut, PasswordReset, UserCreate, UserPublic, UserUpdate
 from aimms_portal.db import session_scope
 from aimms_portal.services import accounts
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = APIRouter(prefix=f"{API_PREFIX}/users", tags=["users"])
 
 
 @router.get("", response_model=PageOut[UserPublic])
