@@ -26,9 +26,15 @@ def readiness_problems() -> dict[str, str]:
     except PortalError as exc:
         problems["database"] = exc.message
         logger.warning("not ready: database: %s", exc.log_detail or exc.message)
+    except Exception:  # readiness must answer, whatever broke
+        problems["database"] = "The database check failed unexpectedly; see the portal's log."
+        logger.exception("not ready: database")
     try:
         get_storage().check()
     except PortalError as exc:
         problems["storage"] = exc.message
         logger.warning("not ready: storage: %s", exc.log_detail or exc.message)
+    except Exception:  # e.g. boto3 refusing a malformed endpoint URL
+        problems["storage"] = "The storage check failed unexpectedly; see the portal's log."
+        logger.exception("not ready: storage")
     return problems

@@ -104,6 +104,11 @@ def test_admin_creates_user_and_token_then_logs_off(page: Page, portal: Portal) 
     # the REST API agrees: the browser's cookie no longer works
     assert page.request.get(f"{portal.url}/api/v1/me").status == 401
 
+    # secrets never reach the portal's log
+    log = portal.log.read_text()
+    assert token not in log and token[4:] not in log
+    assert portal.admin_password not in log and "Dora-password-2024" not in log
+
 
 def test_plain_user_sees_no_admin_areas(page: Page, portal: Portal) -> None:
     page.set_default_timeout(TIMEOUT)
