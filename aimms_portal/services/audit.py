@@ -23,7 +23,7 @@ def record(
     action: str,
     actor: User | None = None,
     actor_name: str = "",
-    target: User | object | None = None,
+    target: object | None = None,
     target_type: str = "",
     target_id: str | int = "",
     target_name: str = "",
@@ -41,8 +41,8 @@ def record(
         kind = type(target).__name__
         target_type = target_type or _TARGET_TYPES.get(kind, kind.lower())
         target_id = target_id or getattr(target, "id", "") or ""
-        target_name = (
-            target_name or getattr(target, "username", None) or getattr(target, "name", "")
+        target_name = target_name or str(
+            getattr(target, "username", None) or getattr(target, "name", "")
         )
     event = AuditEvent(
         action=action,

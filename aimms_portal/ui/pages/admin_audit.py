@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import reflex as rx
+from reflex.vars import ObjectVar
 
 from aimms_portal.errors import PortalError
 from aimms_portal.services import audit
@@ -89,7 +90,7 @@ class AuditState(rx.State):
         return AuditState.load
 
 
-def _row(row: rx.Var) -> rx.Component:
+def _row(row: ObjectVar[dict[str, str]]) -> rx.Component:
     return rx.table.row(
         rx.table.cell(row["time"], white_space="nowrap"),
         rx.table.cell(row["actor"]),

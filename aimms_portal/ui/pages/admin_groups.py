@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import reflex as rx
+from reflex.vars import ObjectVar
 
 from aimms_portal.errors import PortalError
 from aimms_portal.services import accounts
@@ -120,7 +121,7 @@ class GroupsState(rx.State):
         return [rx.toast.success(f"Group {name} deleted."), GroupsState.load]
 
 
-def _group_row(group: rx.Var) -> rx.Component:
+def _group_row(group: ObjectVar[dict[str, str]]) -> rx.Component:
     return rx.table.row(
         rx.table.cell(
             rx.link(group["name"], on_click=GroupsState.select(group["id"]), cursor="pointer"),
@@ -131,7 +132,7 @@ def _group_row(group: rx.Var) -> rx.Component:
     )
 
 
-def _member_row(member: rx.Var) -> rx.Component:
+def _member_row(member: ObjectVar[dict[str, str]]) -> rx.Component:
     return rx.table.row(
         rx.table.cell(member["username"]),
         rx.table.cell(member["full_name"]),

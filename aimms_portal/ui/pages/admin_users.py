@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import reflex as rx
+from reflex.vars import ObjectVar
 
 from aimms_portal.errors import PortalError
 from aimms_portal.models import Role
@@ -233,7 +234,7 @@ def _reset_dialog() -> rx.Component:
     )
 
 
-def _row(row: rx.Var) -> rx.Component:
+def _row(row: ObjectVar[dict[str, str]]) -> rx.Component:
     return rx.table.row(
         rx.table.cell(rx.text.strong(row["username"])),
         rx.table.cell(row["full_name"]),

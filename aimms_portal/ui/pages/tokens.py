@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import reflex as rx
+from reflex.vars import ObjectVar
 
 from aimms_portal.errors import PortalError
 from aimms_portal.services import tokens
@@ -146,7 +147,7 @@ def _create_form() -> rx.Component:
     )
 
 
-def _row(row: rx.Var) -> rx.Component:
+def _row(row: ObjectVar[dict[str, str]]) -> rx.Component:
     return rx.table.row(
         rx.table.cell(row["name"]),
         rx.table.cell(rx.code(row["prefix"] + "…")),
