@@ -27,6 +27,10 @@ from aimms_portal.services.pagination import DEFAULT_LIMIT, Page, paginate
 
 logger = logging.getLogger(__name__)
 
+#: Ids are 32-bit in every database we run on. A client may send any integer, and
+#: SQLite raises OverflowError beyond 64 bits instead of finding nothing.
+MAX_ID = 2**31 - 1
+
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
 _EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 
@@ -54,6 +58,11 @@ def _check_profile(email: str, full_name: str) -> None:
         raise InvalidInput("The full name may have at most 128 characters.", code="too_long")
 
 
+def valid_id(object_id: int) -> bool:
+    """Whether ``object_id`` could name a row at all (unknown ids are still possible)."""
+    return 1 <= object_id <= MAX_ID
+
+
 def _check_role(role: str) -> str:
     if role not in {r.value for r in Role}:
         raise InvalidInput(
@@ -68,7 +77,7 @@ def _check_role(role: str) -> str:
 def get_user(session: Session, *, actor: User, user_id: int) -> User:
     """One user by id (admins only)."""
     require(actor, Action.manage_users)
-    user = session.get(User, user_id)
+    user = session.get(User, user_id) if valid_id(user_id) else None
     if user is None:
         raise NotFound(f"No user with id {user_id}.")
     return user
@@ -356,7 +365,7 @@ def list_groups(
 def get_group(session: Session, *, actor: User, group_id: int) -> Group:
     """One group by id (admins and publishers)."""
     require(actor, Action.list_groups)
-    group = session.get(Group, group_id)
+    group = session.get(Group, group_id) if valid_id(group_id) else None
     if group is None:
         raise NotFound(f"No group with id {group_id}.")
     return group
@@ -446,7 +455,7 @@ def remove_member(
     """Take a user out of a group (admins only)."""
     require(actor, Action.manage_groups)
     group = get_group(session, actor=actor, group_id=group_id)
-    membership = session.get(Membership, (group_id, user_id))
+    membership = session.get(Membership, (group.id, user_id)) if valid_id(user_id) else None
     if membership is None:
         raise NotFound(f"User {user_id} is not a member of {group.name!r}.")
     session.delete(membership)

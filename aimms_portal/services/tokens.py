@@ -7,11 +7,11 @@ from datetime import timedelta
 from sqlmodel import Session, col, select
 
 from aimms_portal.auth import tokens as secrets
-from aimms_portal.auth.access import Action, require
+from aimms_portal.auth.access import Action, allowed, require
 from aimms_portal.errors import InvalidInput, NotFound
 from aimms_portal.models import ApiToken, User, utcnow
 from aimms_portal.services import audit
-from aimms_portal.services.accounts import get_user
+from aimms_portal.services.accounts import get_user, valid_id
 from aimms_portal.services.pagination import DEFAULT_LIMIT, Page, paginate
 
 #: ``read`` allows safe (GET) requests, ``write`` state-changing ones; ``admin`` must be
@@ -102,12 +102,12 @@ def revoke_token(session: Session, *, actor: User, token_id: int, source_ip: str
     """Revoke a token at once. Revoking twice is harmless.
 
     Raises:
-        NotFound: no such token, or it belongs to someone else and the actor is no admin.
+        NotFound: no such token, or it belongs to someone else and the actor is no admin;
+            both get the same message, so token ids cannot be probed.
     """
-    row = session.get(ApiToken, token_id)
-    if row is None:
+    row = session.get(ApiToken, token_id) if valid_id(token_id) else None
+    if row is None or not allowed(actor, Action.manage_token, row):
         raise NotFound(f"No token with id {token_id}.")
-    require(actor, Action.manage_token, row)
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         session.add(row)
