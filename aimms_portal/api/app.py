@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import time
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -105,6 +106,16 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal", "Something went wrong on the server; it was logged.")
 
 
+def _methods_for(routers: list[APIRouter], path: str) -> set[str]:
+    """Methods of the API routes whose path matches ``path`` (for 405 answers)."""
+    methods: set[str] = set()
+    for router in routers:
+        for route in router.routes:
+            if isinstance(route, APIRoute) and route.path_regex.match(path):
+                methods |= route.methods - {"HEAD"}
+    return methods
+
+
 class MetricsMiddleware:
     """Counts and times every request by its route template (not its raw path)."""
 
@@ -152,8 +163,9 @@ def create_api() -> FastAPI:
             503: {"model": ErrorBody},
         },
     )
-    for module in (auth, me, users, groups, tokens, audit):
-        api.include_router(module.router)
+    routers = [module.router for module in (auth, me, users, groups, tokens, audit)]
+    for router in routers:
+        api.include_router(router)
     api.include_router(ops.router)
 
     @api.api_route(
@@ -161,8 +173,16 @@ def create_api() -> FastAPI:
         include_in_schema=False,
         methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
     )
-    def unknown_route(path: str) -> JSONResponse:
+    def unknown_route(path: str, request: Request) -> JSONResponse:
         # without this, unknown API paths would fall through to the UI's HTML
+        allowed = _methods_for(routers, request.url.path)
+        if allowed:
+            return error_response(
+                405,
+                "method_not_allowed",
+                f"{request.method} is not allowed here; use {', '.join(sorted(allowed))}.",
+                Allow=", ".join(sorted(allowed)),
+            )
         return error_response(404, "not_found", f"No API route {API_PREFIX}/{path}.")
 
     api.add_exception_handler(PortalError, _portal_error)

@@ -111,12 +111,13 @@ def list_users(
     require(actor, Action.manage_users)
     statement = select(User)
     if query:
-        pattern = f"%{query.lower()}%"
+        # autoescape: a '%' or '_' in the query matches itself, not any text
+        needle = query.lower()
         statement = statement.where(
             or_(
-                col(User.username).like(pattern),
-                func.lower(User.full_name).like(pattern),
-                func.lower(User.email).like(pattern),
+                col(User.username).contains(needle, autoescape=True),
+                func.lower(User.full_name).contains(needle, autoescape=True),
+                func.lower(User.email).contains(needle, autoescape=True),
             )
         )
     if role:
@@ -358,7 +359,7 @@ def list_groups(
     require(actor, Action.list_groups)
     statement = select(Group)
     if query:
-        statement = statement.where(col(Group.name).like(f"%{query.lower()}%"))
+        statement = statement.where(col(Group.name).contains(query.lower(), autoescape=True))
     return paginate(session, statement.order_by(col(Group.name)), limit=limit, offset=offset)
 
 
