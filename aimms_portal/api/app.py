@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
 from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aimms_portal.api import API_PREFIX
 from aimms_portal.api.routes import audit, auth, groups, me, ops, tokens, users
 from aimms_portal.api.schemas import ErrorBody
+from aimms_portal.db import REPO_ROOT
 from aimms_portal.errors import (
     Conflict,
     InvalidInput,
@@ -112,7 +116,7 @@ def _methods_for(routers: list[APIRouter], path: str) -> set[str]:
     for router in routers:
         for route in router.routes:
             if isinstance(route, APIRoute) and route.path_regex.match(path):
-                methods |= route.methods - {"HEAD"}
+                methods |= (route.methods or set()) - {"HEAD"}
     return methods
 
 
@@ -145,6 +149,29 @@ class MetricsMiddleware:
             HTTP_LATENCY.labels(method, template).observe(time.perf_counter() - started)
 
 
+def _add_docs(api: FastAPI) -> None:
+    """Interactive API docs at /api/v1/docs, from local files where scripts/setup put them.
+
+    A portal often runs where the browser cannot reach a CDN; without the local copy the
+    page falls back to FastAPI's default CDN address.
+    """
+    assets = REPO_ROOT / ".tools" / "node_modules" / "swagger-ui-dist"
+    urls: dict[str, Any] = {}
+    if (assets / "swagger-ui-bundle.js").is_file():
+        api.mount(f"{API_PREFIX}/docs/assets", StaticFiles(directory=assets), name="docs-assets")
+        urls = {
+            "swagger_js_url": f"{API_PREFIX}/docs/assets/swagger-ui-bundle.js",
+            "swagger_css_url": f"{API_PREFIX}/docs/assets/swagger-ui.css",
+            "swagger_favicon_url": f"{API_PREFIX}/docs/assets/favicon-32x32.png",
+        }
+
+    @api.get(f"{API_PREFIX}/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=f"{API_PREFIX}/openapi.json", title="aimms_portal API", **urls
+        )  # type: ignore[arg-type]
+
+
 def create_api() -> FastAPI:
     """The REST API with the operations routes, error handlers and metrics."""
     api = FastAPI(
@@ -152,7 +179,7 @@ def create_api() -> FastAPI:
         version="1",
         description="REST API of the aimms_portal: accounts, groups, tokens and the audit log.",
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        docs_url=None,
         redoc_url=None,
         responses={
             400: {"model": ErrorBody},
@@ -167,6 +194,7 @@ def create_api() -> FastAPI:
     for router in routers:
         api.include_router(router)
     api.include_router(ops.router)
+    _add_docs(api)
 
     @api.api_route(
         f"{API_PREFIX}/{{path:path}}",

@@ -142,3 +142,14 @@ def test_metrics_count_requests_by_route_template(client, admin, monkeypatch):
     assert grew(("GET", "/api/v1/me", "401")) == 1
     assert grew(("GET", "/api/v1/users/{user_id}", "200")) == 1
     assert not [route for _, route, _ in after if f"/users/{admin.id}" in route]
+
+
+def test_openapi_document_and_interactive_docs(client):
+    document = client.get("/api/v1/openapi.json").json()
+    assert "/api/v1/me" in document["paths"] and "/api/v1/audit" in document["paths"]
+    page = client.get("/api/v1/docs")
+    assert page.status_code == 200 and "/api/v1/openapi.json" in page.text
+    # scripts/setup installs Swagger UI locally, so the page works without a CDN
+    assert "/api/v1/docs/assets/swagger-ui-bundle.js" in page.text
+    script = client.get("/api/v1/docs/assets/swagger-ui-bundle.js")
+    assert script.status_code == 200 and len(script.content) > 100_000
