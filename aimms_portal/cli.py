@@ -7,12 +7,15 @@ its REST API with a token kept in the user's config folder (mode 600).
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
 import shutil
 import socket
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,7 +45,35 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _read_secret_line() -> str:
+    """One line of standard input without its line ending (a password may end in spaces)."""
+    return sys.stdin.readline().rstrip("\r\n")
+
+
 # -- server side -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _server_errors() -> Iterator[None]:
+    """Turn what a server-side command can meet into one line on stderr and status 1.
+
+    Refused settings and an unreachable database are the operator's to fix, so they get
+    a message rather than a traceback; anything else is a bug and keeps its traceback.
+    """
+    from pydantic import ValidationError
+    from sqlalchemy.exc import OperationalError
+
+    from aimms_portal.errors import PortalError
+
+    try:
+        yield
+    except PortalError as exc:
+        raise _fail(exc.message) from exc
+    except ValidationError as exc:
+        problems = "; ".join(str(error["msg"]) for error in exc.errors())
+        raise _fail(f"Invalid settings: {problems}") from exc
+    except OperationalError as exc:
+        raise _fail(f"The database cannot be reached: {exc.orig}".strip()) from exc
 
 
 def _bun_environment(root: Path) -> dict[str, str]:
@@ -65,19 +96,16 @@ def run(
     """Prepare the database and first admin, then serve the portal (UI and REST API)."""
     from aimms_portal.config import get_settings
     from aimms_portal.db import REPO_ROOT
-    from aimms_portal.errors import PortalError
     from aimms_portal.logs import configure_logging
     from aimms_portal.services.setup import prepare
 
     if port is not None:
         os.environ["AIMMS_PORTAL_PORT"] = str(port)
         get_settings.cache_clear()
-    settings = get_settings()
-    configure_logging(settings)
-    try:
+    with _server_errors():
+        settings = get_settings()
+        configure_logging(settings)
         password = prepare(settings)
-    except PortalError as exc:
-        raise _fail(exc.message) from exc
     if password:
         # shown once, on the console only; never logged
         typer.secho(
@@ -112,12 +140,9 @@ def run(
 def db_upgrade() -> None:
     """Apply all database migrations (safe to repeat)."""
     from aimms_portal.db import upgrade_database
-    from aimms_portal.errors import PortalError
 
-    try:
+    with _server_errors():
         upgrade_database()
-    except PortalError as exc:
-        raise _fail(exc.message) from exc
     typer.echo("Database is up to date.")
 
 
@@ -131,17 +156,16 @@ def admin_create(
 ) -> None:
     """Create an admin account (asks for the password unless --password-stdin)."""
     from aimms_portal.db import session_scope, upgrade_database
-    from aimms_portal.errors import PortalError
     from aimms_portal.models import Role
     from aimms_portal.services import accounts
 
     if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+        password = _read_secret_line()
     else:
         password = getpass.getpass("Password: ")
         if getpass.getpass("Repeat password: ") != password:
             raise _fail("The passwords differ.")
-    try:
+    with _server_errors():
         upgrade_database()
         with session_scope() as session:
             accounts.ensure_builtin_groups(session)
@@ -153,8 +177,6 @@ def admin_create(
                 role=Role.admin.value,
                 email=email,
             )
-    except PortalError as exc:
-        raise _fail(exc.message) from exc
     typer.echo(f"Admin '{user.username}' created.")
 
 
@@ -168,14 +190,20 @@ def config_dir() -> Path:
 
 
 def _save_credentials(url: str, token: str, token_id: int) -> Path:
+    """Write the credentials file (mode 600) in place of any earlier one."""
     folder = config_dir()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = folder / CREDENTIALS_FILE
-    # created with mode 600 from the start, so the token is never readable by others
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump({"url": url, "token": token, "token_id": token_id}, out)
-    os.chmod(path, 0o600)
+    # a new file with mode 600 from the start, renamed over the old one: the token is
+    # never in a file others could read or already hold open, nor half-written
+    fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{CREDENTIALS_FILE}.")
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump({"url": url, "token": token, "token_id": token_id}, out)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -186,20 +214,33 @@ def _load_credentials() -> dict[str, Any]:
         return {"url": str(data["url"]), "token": str(data["token"])}
     except FileNotFoundError as exc:
         raise _fail("Not logged in; run `aimms-portal login URL` first.") from exc
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise _fail(f"{path} is damaged; run `aimms-portal login URL` again.") from exc
 
 
-def _client() -> PortalClient:
-    credentials = _load_credentials()
-    return PortalClient(credentials["url"], credentials["token"])
+@contextlib.contextmanager
+def _portal_errors(*, stored_token: bool = False) -> Iterator[None]:
+    """Turn the client's errors into one line on stderr and exit status 1.
 
-
-def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    With ``stored_token``, a 401 means the kept token stopped working (revoked, expired,
+    user disabled), so the message says how to get a new one.
+    """
     try:
-        return fn(*args, **kwargs)
+        yield
     except PortalClientError as exc:
-        raise _fail(str(exc)) from exc
+        hint = "; run `aimms-portal login URL` again" if stored_token and exc.status == 401 else ""
+        raise _fail(f"{exc}{hint}") from exc
+
+
+@contextlib.contextmanager
+def _stored_client() -> Iterator[PortalClient]:
+    """A client with the kept credentials, its errors turned into messages."""
+    credentials = _load_credentials()
+    with (
+        _portal_errors(stored_token=True),
+        PortalClient(credentials["url"], credentials["token"]) as client,
+    ):
+        yield client
 
 
 @app.command()
@@ -217,29 +258,27 @@ def login(
     """Log on to a portal and keep an API token for the other commands."""
 
     def secret(prompt: str) -> str:
-        return sys.stdin.readline().strip() if password_stdin else getpass.getpass(prompt)
+        return _read_secret_line() if password_stdin else getpass.getpass(prompt)
 
     if token:
-        value = secret("API token: ")
-        with PortalClient(url, value) as client:
-            me = _call(client.me)
-            token_id = 0
+        value = secret("API token: ").strip()
+        with _portal_errors(), PortalClient(url, value) as client:
+            me = client.me()
+        token_id = 0
     else:
         username = username or typer.prompt("User name")
         password = secret("Password: ")
-        with PortalClient(url) as anonymous:
-            scopes = ["read", "write"]
-            created = _call(
-                anonymous.log_on_for_token,
+        with _portal_errors(), PortalClient(url) as anonymous:
+            created = anonymous.log_on_for_token(
                 username,
                 password,
                 token_name=f"cli@{socket.gethostname()}"[:64],
-                scopes=scopes,
+                scopes=["read", "write"],
                 expires_in_days=days,
             )
         value, token_id = created["token"], created["id"]
-        with PortalClient(url, value) as client:
-            me = _call(client.me)
+        with _portal_errors(), PortalClient(url, value) as client:
+            me = client.me()
     path = _save_credentials(url, value, token_id)
     typer.echo(f"Logged on to {url} as {me['username']}; token kept in {path}.")
 
@@ -247,8 +286,8 @@ def login(
 @app.command()
 def whoami() -> None:
     """Show the user the stored token belongs to."""
-    with _client() as client:
-        me = _call(client.me)
+    with _stored_client() as client:
+        me = client.me()
     typer.echo(
         f"{me['username']} ({me['role']}) on {client.url}; groups: " + ", ".join(me["groups"])
     )
@@ -259,8 +298,8 @@ def tokens_list(
     all_: Annotated[bool, typer.Option("--all", help="Include revoked.")] = False,
 ) -> None:
     """List your API tokens."""
-    with _client() as client:
-        rows = _call(client.list_tokens, include_revoked=all_)
+    with _stored_client() as client:
+        rows = client.list_tokens(include_revoked=all_)
     typer.echo(f"{'ID':>5}  {'NAME':<24} {'PREFIX':<11} {'SCOPES':<17} {'EXPIRES':<10}  STATE")
     for row in rows:
         state = "revoked" if row["revoked_at"] else "active"
@@ -277,8 +316,8 @@ def tokens_create(
     days: Annotated[int, typer.Option(min=1, max=365, help="Lifetime in days.")] = 90,
 ) -> None:
     """Create an API token and print it (this once)."""
-    with _client() as client:
-        created = _call(client.create_token, name, scope or ["read", "write"], days)
+    with _stored_client() as client:
+        created = client.create_token(name, scope or ["read", "write"], days)
     typer.echo(created["token"])
     typer.echo(
         f"Token {created['id']} '{created['name']}' ({created['scopes']}), expires "
@@ -290,8 +329,8 @@ def tokens_create(
 @tokens_app.command("revoke")
 def tokens_revoke(token_id: Annotated[int, typer.Argument(help="Id from `tokens list`.")]) -> None:
     """Revoke one of your API tokens at once."""
-    with _client() as client:
-        _call(client.revoke_token, token_id)
+    with _stored_client() as client:
+        client.revoke_token(token_id)
     typer.echo(f"Token {token_id} revoked.")
 
 

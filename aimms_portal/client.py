@@ -4,11 +4,14 @@
 >>> client.me()["username"]
 
 Errors from the portal arrive as :class:`PortalClientError` with the portal's code and
-message; a portal that cannot be reached gives code ``unreachable``.
+message; a portal that cannot be reached gives code ``unreachable``, an address that is
+not http(s) gives ``invalid_url``, and an answer that is not the portal's JSON gives
+``unexpected_response``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from typing import Any
 
@@ -31,7 +34,11 @@ class PortalClientError(Exception):
 
 
 class PortalClient:
-    """A connection to one portal, authenticated with a personal API token."""
+    """A connection to one portal, authenticated with a personal API token.
+
+    Raises:
+        PortalClientError: ``url`` is not an http:// or https:// address.
+    """
 
     def __init__(
         self,
@@ -45,6 +52,12 @@ class PortalClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.url = url.rstrip("/")
+        if not self.url.lower().startswith(("http://", "https://")):
+            raise PortalClientError(
+                0,
+                "invalid_url",
+                f"The portal address must start with http:// or https://, not {url!r}.",
+            )
         self._http = httpx.Client(
             base_url=self.url, headers=headers, timeout=timeout, transport=transport
         )
@@ -79,7 +92,15 @@ class PortalClient:
             raise PortalClientError(response.status_code, code, message)
         if response.status_code == 204 or not response.content:
             return None
-        return response.json()
+        try:
+            return response.json()
+        except ValueError as exc:
+            # e.g. a web server or proxy at this address that is not the portal
+            raise PortalClientError(
+                response.status_code,
+                "unexpected_response",
+                f"{self.url} did not answer like an aimms_portal (no JSON from {path}).",
+            ) from exc
 
     # -- log-on --------------------------------------------------------------------------
 
@@ -111,7 +132,10 @@ class PortalClient:
                 json={"name": token_name, "scopes": scopes, "expires_in_days": expires_in_days},
             )
         finally:
-            self.request("POST", "/auth/logout", headers=csrf)
+            # best effort: a failed log-off must not hide the token or the real error,
+            # and the log-on expires by itself
+            with contextlib.suppress(PortalClientError):
+                self.request("POST", "/auth/logout", headers=csrf)
             self._http.cookies.clear()
 
     # -- resources -----------------------------------------------------------------------
