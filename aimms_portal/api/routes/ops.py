@@ -20,7 +20,7 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     """The process is alive (says nothing about the database or storage)."""
     return {"status": "ok"}
 
