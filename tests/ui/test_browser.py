@@ -16,6 +16,7 @@ from tests.ui.conftest import Portal
 pytestmark = pytest.mark.browser
 
 TIMEOUT = 20_000
+expect.set_options(timeout=TIMEOUT)
 
 
 def _log_on(page: Page, portal: Portal, username: str, password: str) -> None:
@@ -41,8 +42,11 @@ def _create_user(portal: Portal, username: str, password: str) -> None:
     """Create a user through the portal's REST API, as its admin."""
     with PortalClient(portal.url) as client:
         created = client.log_on_for_token(
-            portal.admin_username, portal.admin_password, token_name="test setup",
-            scopes=["read", "write"], expires_in_days=1,
+            portal.admin_username,
+            portal.admin_password,
+            token_name="test setup",
+            scopes=["read", "write"],
+            expires_in_days=1,
         )
     with PortalClient(portal.url, created["token"]) as admin:
         admin.request("POST", "/users", json={"username": username, "password": password})
@@ -124,3 +128,89 @@ def test_plain_user_sees_no_admin_areas(page: Page, portal: Portal) -> None:
     expect(page).to_have_url(re.compile(r"localhost:\d+/$"))
     expect(page.locator("#users-table")).to_have_count(0)
     assert page.request.get(f"{portal.url}/api/v1/users").status == 403
+
+
+def test_admin_manages_roles_groups_and_access(page: Page, portal: Portal, browser) -> None:
+    page.set_default_timeout(TIMEOUT)
+    _create_user(portal, "fred", "Fred-password-2024")
+
+    # fred works in a browser of his own
+    fred = browser.new_context().new_page()
+    fred.set_default_timeout(TIMEOUT)
+    _log_on(fred, portal, "fred", "Fred-password-2024")
+
+    _log_on(page, portal, portal.admin_username, portal.admin_password)
+    page.goto(f"{portal.url}/admin/users")
+    row = page.locator("#user-row-fred")
+
+    # role: user -> publisher, and the REST API sees it
+    row.get_by_role("combobox").click()
+    page.get_by_role("option", name="publisher", exact=True).click()
+    expect(page.get_by_text("Role changed to publisher.")).to_be_visible()
+    assert fred.request.get(f"{portal.url}/api/v1/me").json()["role"] == "publisher"
+
+    # groups: create one, add and remove fred
+    page.goto(f"{portal.url}/admin/groups")
+    page.fill("#group-name", "planners")
+    page.click("#group-create")
+    page.fill("#member-username", "fred")
+    page.click("#member-add")
+    expect(page.locator("#members-table")).to_contain_text("fred")
+    assert "planners" in fred.request.get(f"{portal.url}/api/v1/me").json()["groups"]
+    page.locator("#members-table").get_by_role("button", name="Remove").click()
+    expect(page.locator("#members-table")).not_to_contain_text("fred")
+
+    # a name that is no user is refused with a plain message
+    page.fill("#member-username", "nobody-here")
+    page.click("#member-add")
+    expect(page.get_by_text("There is no user called 'nobody-here'.")).to_be_visible()
+
+    # reset password: fred's log-on ends, the new password works
+    page.goto(f"{portal.url}/admin/users")
+    row.get_by_role("button", name="Reset password").click()
+    page.fill("#reset-password", "short")
+    page.click("#reset-submit")
+    expect(page.get_by_text("The password needs at least 12 characters")).to_be_visible()
+    page.fill("#reset-password", "Fred-new-password-77")
+    page.click("#reset-submit")
+    expect(page.get_by_text("New password set for fred")).to_be_visible()
+    fred.goto(f"{portal.url}/account")
+    expect(fred).to_have_url(re.compile(r"/login"))
+    _log_on(fred, portal, "fred", "Fred-new-password-77")
+
+    # disable: fred is out at his next click, and cannot log on again
+    row.get_by_role("button", name="Disable").click()
+    expect(row).to_contain_text("disabled")
+    fred.goto(f"{portal.url}/tokens")
+    expect(fred).to_have_url(re.compile(r"/login"))
+    fred.fill("#login-username", "fred")
+    fred.fill("#login-password", "Fred-new-password-77")
+    fred.click("#login-submit")
+    expect(fred.locator("#login-error")).to_have_text("This account is disabled.")
+
+    # the audit page can be filtered to these changes
+    page.goto(f"{portal.url}/admin/audit")
+    page.locator("input[name=action]").fill("user.")
+    page.click("#audit-filter")
+    table = page.locator("#audit-table")
+    for action in ("user.role", "user.password_reset", "user.disable"):
+        expect(table).to_contain_text(action)
+    expect(table).not_to_contain_text("auth.login")
+
+
+def test_token_revoked_in_the_browser_stops_working(page: Page, portal: Portal) -> None:
+    page.set_default_timeout(TIMEOUT)
+    _create_user(portal, "gina", "Gina-password-2024")
+    _log_on(page, portal, "gina", "Gina-password-2024")
+    page.goto(f"{portal.url}/tokens")
+    page.fill("#token-name", "to revoke")
+    page.click("#token-create")
+    expect(page.locator("#new-token")).to_have_value(re.compile(r"^apt_"))
+    token = page.locator("#new-token").input_value()
+    assert _get_me(portal, token)[0] == 200
+
+    page.locator("#tokens-table").get_by_role("button", name="Revoke").click()
+    expect(page.get_by_text("Token revoked.")).to_be_visible()
+    expect(page.get_by_text("You have no active tokens.")).to_be_visible()
+    status, body = _get_me(portal, token)
+    assert status == 401 and body["error"]["code"] == "token_revoked"
