@@ -196,6 +196,7 @@ def test_admin_manages_roles_groups_and_access(page: Page, portal: Portal, brows
     for action in ("user.role", "user.password_reset", "user.disable"):
         expect(table).to_contain_text(action)
     expect(table).not_to_contain_text("auth.login")
+    expect(page.get_by_text(re.compile(r"^1–\d+ of \d+$"))).to_be_visible()
 
 
 def test_token_revoked_in_the_browser_stops_working(page: Page, portal: Portal) -> None:

@@ -9,6 +9,7 @@ from reflex.vars import ObjectVar
 
 from aimms_portal.errors import PortalError
 from aimms_portal.services import audit
+from aimms_portal.ui.components import PagedState, data_table, pager
 from aimms_portal.ui.layout import shell
 from aimms_portal.ui.pages.admin_nav import admin_tabs
 from aimms_portal.ui.state import call_as_user, failure
@@ -17,29 +18,14 @@ PAGE_SIZE = 100
 OUTCOMES = ["any", "success", "failure"]
 
 
-class AuditState(rx.State):
+class AuditState(PagedState, rx.State):
     """One page of audit events and the filters that chose it."""
 
     rows: list[dict[str, str]] = []
-    total: int = 0
-    offset: int = 0
+    page_size: int = PAGE_SIZE
     action: str = ""
     actor: str = ""
     outcome: str = "any"
-
-    @rx.var
-    def page_label(self) -> str:
-        if not self.total:
-            return "no events"
-        return f"{self.offset + 1}–{min(self.offset + PAGE_SIZE, self.total)} of {self.total}"
-
-    @rx.var
-    def has_previous(self) -> bool:
-        return self.offset > 0
-
-    @rx.var
-    def has_next(self) -> bool:
-        return self.offset + PAGE_SIZE < self.total
 
     @rx.event
     async def load(self) -> Any:
@@ -50,7 +36,7 @@ class AuditState(rx.State):
                 action=self.action or None,
                 actor_name=self.actor or None,
                 outcome=None if self.outcome == "any" else self.outcome,
-                limit=PAGE_SIZE,
+                limit=self.page_size,
                 offset=self.offset,
             )
         except PortalError as exc:
@@ -77,16 +63,6 @@ class AuditState(rx.State):
         outcome = str(form.get("outcome") or "any")
         self.outcome = outcome if outcome in OUTCOMES else "any"
         self.offset = 0
-        return AuditState.load
-
-    @rx.event
-    def previous_page(self) -> Any:
-        self.offset = max(0, self.offset - PAGE_SIZE)
-        return AuditState.load
-
-    @rx.event
-    def next_page(self) -> Any:
-        self.offset += PAGE_SIZE
         return AuditState.load
 
 
@@ -125,44 +101,12 @@ def audit_page() -> rx.Component:
             on_submit=AuditState.filter,
             margin_bottom="1em",
         ),
-        rx.table.root(
-            rx.table.header(
-                rx.table.row(
-                    *[
-                        rx.table.column_header_cell(h)
-                        for h in (
-                            "Time (UTC)",
-                            "Actor",
-                            "Action",
-                            "Target",
-                            "Outcome",
-                            "Source",
-                            "Detail",
-                        )
-                    ]
-                )
-            ),
-            rx.table.body(rx.foreach(AuditState.rows, _row)),
+        data_table(
+            ("Time (UTC)", "Actor", "Action", "Target", "Outcome", "Source", "Detail"),
+            AuditState.rows,
+            _row,
             id="audit-table",
             size="1",
         ),
-        rx.hstack(
-            rx.button(
-                "Newer",
-                size="1",
-                variant="soft",
-                disabled=~AuditState.has_previous,
-                on_click=AuditState.previous_page,
-            ),
-            rx.text(AuditState.page_label, size="2"),
-            rx.button(
-                "Older",
-                size="1",
-                variant="soft",
-                disabled=~AuditState.has_next,
-                on_click=AuditState.next_page,
-            ),
-            align="center",
-            margin_top="1em",
-        ),
+        pager(AuditState, previous="Newer", next_="Older"),
     )

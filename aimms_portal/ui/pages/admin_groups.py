@@ -9,6 +9,7 @@ from reflex.vars import ObjectVar
 
 from aimms_portal.errors import PortalError
 from aimms_portal.services import accounts
+from aimms_portal.ui.components import data_table
 from aimms_portal.ui.layout import shell
 from aimms_portal.ui.pages.admin_nav import admin_tabs
 from aimms_portal.ui.state import call_as_user, failure
@@ -220,16 +221,7 @@ def groups_page() -> rx.Component:
             margin_bottom="1em",
         ),
         rx.grid(
-            rx.table.root(
-                rx.table.header(
-                    rx.table.row(
-                        rx.table.column_header_cell("Group"),
-                        rx.table.column_header_cell("Description"),
-                    )
-                ),
-                rx.table.body(rx.foreach(GroupsState.groups, _group_row)),
-                id="groups-table",
-            ),
+            data_table(("Group", "Description"), GroupsState.groups, _group_row, id="groups-table"),
             rx.cond(
                 GroupsState.selected_id != "",
                 _members_panel(),

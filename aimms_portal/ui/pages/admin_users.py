@@ -10,6 +10,7 @@ from reflex.vars import ObjectVar
 from aimms_portal.errors import PortalError
 from aimms_portal.models import Role
 from aimms_portal.services import accounts
+from aimms_portal.ui.components import PagedState, data_table, pager
 from aimms_portal.ui.layout import shell
 from aimms_portal.ui.pages.admin_nav import admin_tabs
 from aimms_portal.ui.state import call_as_user, failure, when
@@ -18,37 +19,25 @@ PAGE_SIZE = 50
 ROLES = [r.value for r in Role]
 
 
-class UsersState(rx.State):
+class UsersState(PagedState, rx.State):
     """One page of the user list, its search, and the open dialogs."""
 
     rows: list[dict[str, str]] = []
-    total: int = 0
-    offset: int = 0
+    page_size: int = PAGE_SIZE
     query: str = ""
     create_open: bool = False
     reset_user_id: str = ""
     reset_username: str = ""
 
-    @rx.var
-    def page_label(self) -> str:
-        if not self.total:
-            return "no users"
-        last = min(self.offset + PAGE_SIZE, self.total)
-        return f"{self.offset + 1}–{last} of {self.total}"
-
-    @rx.var
-    def has_previous(self) -> bool:
-        return self.offset > 0
-
-    @rx.var
-    def has_next(self) -> bool:
-        return self.offset + PAGE_SIZE < self.total
-
     @rx.event
     async def load(self) -> Any:
         try:
             page = await call_as_user(
-                self, accounts.list_users, query=self.query, limit=PAGE_SIZE, offset=self.offset
+                self,
+                accounts.list_users,
+                query=self.query,
+                limit=self.page_size,
+                offset=self.offset,
             )
         except PortalError as exc:
             return failure(exc)
@@ -71,16 +60,6 @@ class UsersState(rx.State):
     def search(self, form: dict[str, Any]) -> Any:
         self.query = str(form.get("query", ""))[:64]
         self.offset = 0
-        return UsersState.load
-
-    @rx.event
-    def previous_page(self) -> Any:
-        self.offset = max(0, self.offset - PAGE_SIZE)
-        return UsersState.load
-
-    @rx.event
-    def next_page(self) -> Any:
-        self.offset += PAGE_SIZE
         return UsersState.load
 
     @rx.event
@@ -304,36 +283,12 @@ def users_page() -> rx.Component:
             width="100%",
             margin_bottom="1em",
         ),
-        rx.table.root(
-            rx.table.header(
-                rx.table.row(
-                    *[
-                        rx.table.column_header_cell(h)
-                        for h in ("User", "Full name", "E-mail", "Role", "State", "Last log-on", "")
-                    ]
-                )
-            ),
-            rx.table.body(rx.foreach(UsersState.rows, _row)),
+        data_table(
+            ("User", "Full name", "E-mail", "Role", "State", "Last log-on", ""),
+            UsersState.rows,
+            _row,
             id="users-table",
         ),
-        rx.hstack(
-            rx.button(
-                "Previous",
-                size="1",
-                variant="soft",
-                disabled=~UsersState.has_previous,
-                on_click=UsersState.previous_page,
-            ),
-            rx.text(UsersState.page_label, size="2"),
-            rx.button(
-                "Next",
-                size="1",
-                variant="soft",
-                disabled=~UsersState.has_next,
-                on_click=UsersState.next_page,
-            ),
-            align="center",
-            margin_top="1em",
-        ),
+        pager(UsersState),
         _reset_dialog(),
     )

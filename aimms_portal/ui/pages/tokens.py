@@ -14,6 +14,7 @@ from reflex.vars import ObjectVar
 
 from aimms_portal.errors import PortalError
 from aimms_portal.services import tokens
+from aimms_portal.ui.components import data_table
 from aimms_portal.ui.layout import shell
 from aimms_portal.ui.state import SessionState, call_as_user, failure, when
 
@@ -181,24 +182,10 @@ def tokens_page() -> rx.Component:
         _create_form(),
         rx.cond(
             TokensState.rows,
-            rx.table.root(
-                rx.table.header(
-                    rx.table.row(
-                        *[
-                            rx.table.column_header_cell(h)
-                            for h in (
-                                "Name",
-                                "Token",
-                                "Scopes",
-                                "Created",
-                                "Expires",
-                                "Last used",
-                                "",
-                            )
-                        ]
-                    )
-                ),
-                rx.table.body(rx.foreach(TokensState.rows, _row)),
+            data_table(
+                ("Name", "Token", "Scopes", "Created", "Expires", "Last used", ""),
+                TokensState.rows,
+                _row,
                 id="tokens-table",
             ),
             rx.text("You have no active tokens.", color_scheme="gray"),
