@@ -211,7 +211,11 @@ def _load_credentials() -> dict[str, Any]:
     path = config_dir() / CREDENTIALS_FILE
     try:
         data = json.loads(path.read_text())
-        return {"url": str(data["url"]), "token": str(data["token"])}
+        return {
+            "url": str(data["url"]),
+            "token": str(data["token"]),
+            "token_id": int(data.get("token_id") or 0),
+        }
     except FileNotFoundError as exc:
         raise _fail("Not logged in; run `aimms-portal login URL` first.") from exc
     except (ValueError, KeyError, TypeError) as exc:
@@ -281,6 +285,21 @@ def login(
             me = client.me()
     path = _save_credentials(url, value, token_id)
     typer.echo(f"Logged on to {url} as {me['username']}; token kept in {path}.")
+
+
+@app.command()
+def logout() -> None:
+    """Revoke the kept token (if `login` created it) and forget it."""
+    credentials = _load_credentials()
+    if credentials["token_id"]:
+        with _stored_client() as client:
+            try:
+                client.revoke_token(credentials["token_id"])
+            except PortalClientError as exc:
+                if exc.status != 401:  # already revoked or expired: nothing left to end
+                    raise
+    (config_dir() / CREDENTIALS_FILE).unlink(missing_ok=True)
+    typer.echo(f"Logged off from {credentials['url']}.")
 
 
 @app.command()

@@ -311,6 +311,20 @@ def test_login_keeps_a_private_token_that_whoami_uses(portal, cli_home, make_use
     assert "groups: everyone" in whoami.stdout
 
 
+def test_logout_revokes_the_kept_token_and_forgets_it(portal, cli_home, make_user):
+    make_user("ann")
+    assert cli_login(portal, "ann").exit_code == 0
+    token = str(credentials(cli_home)["token"])
+
+    result = cli("logout")
+
+    assert result.exit_code == 0, result.output
+    assert not (cli_home / CREDENTIALS_FILE).exists()
+    me = httpx.get(f"{portal}/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.status_code == 401 and me.json()["error"]["code"] == "token_revoked"
+    assert_clean_failure(cli("whoami"), "Not logged in")
+
+
 def test_login_logs_off_the_browser_log_on_it_used(portal, cli_home, make_user):
     make_user("ann")
 
