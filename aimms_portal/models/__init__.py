@@ -8,10 +8,26 @@ from aimms_portal.models.accounts import EVERYONE, Group, Membership, Role, User
 from aimms_portal.models.audit import AuditEvent
 from aimms_portal.models.auth import ApiToken, BrowserSession
 from aimms_portal.models.base import utcnow
+from aimms_portal.models.publishing import (
+    App,
+    AppGrant,
+    AppRight,
+    PortalKey,
+    Release,
+    RuntimeVersion,
+    SigningKey,
+)
 
 __all__ = [
     "EVERYONE",
     "ApiToken",
+    "App",
+    "AppGrant",
+    "AppRight",
+    "PortalKey",
+    "Release",
+    "RuntimeVersion",
+    "SigningKey",
     "AuditEvent",
     "BrowserSession",
     "Group",

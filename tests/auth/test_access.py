@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from aimms_portal.auth.access import Action, allowed, require
+from aimms_portal.auth.access import Action, allowed, app_rights, require
 from aimms_portal.errors import NotFound, PermissionDenied
-from aimms_portal.models import ApiToken, Role, User
+from aimms_portal.models import ApiToken, AppGrant, Role, User
 
 pytestmark = pytest.mark.sqlite
 
@@ -22,6 +22,9 @@ EXPECTED: dict[str, dict[Action, bool]] = {
         A.read_audit: False,
         A.manage_own_tokens: True,
         A.manage_token: False,
+        A.manage_signing_keys: False,
+        A.manage_runtimes: True,
+        A.create_app: True,
     },
     Role.user.value: {
         A.manage_users: False,
@@ -30,6 +33,9 @@ EXPECTED: dict[str, dict[Action, bool]] = {
         A.read_audit: False,
         A.manage_own_tokens: True,
         A.manage_token: False,
+        A.manage_signing_keys: False,
+        A.manage_runtimes: False,
+        A.create_app: False,
     },
 }
 
@@ -103,3 +109,48 @@ def test_require_refuses_a_role_with_permission_denied():
     require(_user(Role.publisher.value), A.list_groups)
     with pytest.raises(PermissionDenied):
         require(None, A.manage_own_tokens)
+
+
+# -- rights on one app -------------------------------------------------------------------
+
+
+def _grant(gid: int, kind: str, pid: int, right: str, effect: str) -> AppGrant:
+    return AppGrant(
+        id=gid, app_id=1, principal_type=kind, principal_id=pid, right=right, effect=effect
+    )
+
+
+def test_no_grant_no_right():
+    rights = app_rights(_user("user"), [], [10])
+    assert not any(d.allowed for d in rights.values())
+    assert rights["run"].reason == "no grant"
+
+
+def test_group_allow_gives_the_right_and_names_the_grant():
+    grants = [_grant(5, "group", 10, "run", "allow")]
+    rights = app_rights(_user("user"), grants, [10], {("group", 10): "planners"})
+    assert rights["run"].allowed and rights["run"].grant_id == 5
+    assert rights["run"].reason == "allow to group 'planners'"
+    assert not rights["read"].allowed and not rights["write"].allowed
+
+
+def test_deny_beats_allow_from_any_principal():
+    grants = [
+        _grant(1, "user", 1, "run", "allow"),
+        _grant(2, "group", 10, "run", "deny"),
+        _grant(3, "group", 11, "run", "allow"),
+    ]
+    decision = app_rights(_user("user"), grants, [10, 11])["run"]
+    assert not decision.allowed and decision.grant_id == 2
+
+
+def test_grants_to_others_do_not_count():
+    grants = [_grant(1, "user", 2, "read", "allow"), _grant(2, "group", 99, "read", "allow")]
+    assert not app_rights(_user("user", user_id=1), grants, [10])["read"].allowed
+
+
+def test_admins_hold_every_right_and_inactive_users_none():
+    deny_all = [_grant(i, "user", 1, r, "deny") for i, r in enumerate(("read", "write", "run"))]
+    assert all(d.allowed for d in app_rights(_user("admin"), deny_all, []).values())
+    allow = [_grant(1, "user", 1, "read", "allow")]
+    assert not app_rights(_user("user", active=False), allow, [])["read"].allowed
