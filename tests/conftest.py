@@ -9,6 +9,7 @@ subset, ``-m sqlite``). Every test starts from empty tables.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,11 @@ from tests.helpers import PASSWORD, USE_SQLITE, migrated_database
 
 pytest_plugins = ["tests.servers"]
 
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # the demo content downloads wheels from PyPI: only the tests about it turn it on
+    os.environ.setdefault("AIMMS_PORTAL_DEMO", "false")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
