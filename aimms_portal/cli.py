@@ -105,7 +105,10 @@ def run(
     with _server_errors():
         settings = get_settings()
         configure_logging(settings)
-        password = prepare(settings)
+        prepared = prepare(settings)
+    password = prepared.admin_password
+    if prepared.demo:
+        typer.echo(prepared.demo)
     if password:
         # shown once, on the console only; never logged
         typer.secho(

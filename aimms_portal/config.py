@@ -96,6 +96,13 @@ class Settings(BaseSettings):
         ),
     )
     admin_email: str = Field("", description="E-mail address of the first admin.")
+    demo: bool = Field(
+        True,
+        description=(
+            "Publish the demo runtime and app at the first start of a development portal "
+            "(ignored in production mode)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _refuse_insecure_production(self) -> Settings:

@@ -22,7 +22,18 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aimms_portal.api import API_PREFIX
-from aimms_portal.api.routes import audit, auth, groups, me, ops, tokens, users
+from aimms_portal.api.routes import (
+    apps,
+    audit,
+    auth,
+    groups,
+    me,
+    ops,
+    runtimes,
+    signing_keys,
+    tokens,
+    users,
+)
 from aimms_portal.api.schemas import ErrorBody
 from aimms_portal.db import REPO_ROOT
 from aimms_portal.errors import (
@@ -190,7 +201,11 @@ def create_api() -> FastAPI:
             503: {"model": ErrorBody},
         },
     )
-    routers = [module.router for module in (auth, me, users, groups, tokens, audit)]
+    routers = [
+        module.router
+        for module in (auth, me, users, groups, tokens, audit, signing_keys, runtimes, apps)
+    ]
+    routers.append(signing_keys.portal_key_router)
     for router in routers:
         api.include_router(router)
     api.include_router(ops.router)

@@ -170,3 +170,126 @@ class AuditEventPublic(BaseModel):
 
 
 LoginOut.model_rebuild()
+
+
+# -- signing keys, portal key, runtimes ------------------------------------------------
+
+
+class SigningKeyPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    public_key: str
+    fingerprint: str
+    created_at: datetime
+    created_by: str
+
+
+class SigningKeyCreate(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    public_key: str = Field(min_length=1, max_length=100, description="`ed25519:<base64>`")
+
+
+class PortalKeyPublic(BaseModel):
+    fingerprint: str
+    public_pem: str = Field(description="RSA public key; encrypt bundles for it.")
+
+
+class RuntimePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    version: str
+    python_requires: str
+    description: str
+    sha256: str
+    size: int
+    signer_name: str
+    signer_fingerprint: str
+    created_at: datetime
+    uploaded_by: str
+    releases: int = Field(0, description="How many releases run on this version.")
+
+
+class DeletedOut(BaseModel):
+    deleted: list[str]
+
+
+# -- apps, releases, access --------------------------------------------------------------
+
+
+class RightsOut(BaseModel):
+    read: bool
+    write: bool
+    run: bool
+
+
+class AppPublic(BaseModel):
+    name: str
+    title: str
+    description: str
+    category: str
+    icon_url: str | None
+    latest_version: str | None
+    rights: RightsOut
+
+
+class ReleasePublic(BaseModel):
+    version: str
+    latest: bool
+    hidden: bool
+    runtime: str
+    runtime_spec: str
+    encrypted: bool
+    bundle_sha256: str
+    bundle_size: int
+    webui: bool
+    procedures: list[str]
+    created_at: datetime
+    published_by: str
+
+
+class ReleaseUpdate(_Strict):
+    hidden: bool
+
+
+class LatestSet(_Strict):
+    version: str = Field(min_length=1, max_length=64)
+
+
+class GrantPublic(BaseModel):
+    id: int
+    principal_type: str
+    principal_name: str
+    right: str
+    effect: str
+    created_by: str
+
+
+class GrantCreate(_Strict):
+    principal_type: str = Field(pattern="^(user|group)$")
+    principal_name: str = Field(min_length=1, max_length=64)
+    right: str = Field(pattern="^(read|write|run)$")
+    effect: str = Field("allow", pattern="^(allow|deny)$")
+
+
+class RightExplained(BaseModel):
+    allowed: bool
+    reason: str
+    grant_id: int | None
+
+
+class RightsExplained(BaseModel):
+    app: str
+    user: str
+    rights: dict[str, RightExplained]
+
+
+class LaunchTarget(BaseModel):
+    app: str
+    version: str
+    title: str
+    webui: bool
+    message: str

@@ -70,8 +70,8 @@ class RuntimeVersion(SQLModel, table=True):
 
 
 class App(SQLModel, table=True):
-    """An app: what the catalogue shows. Its description, category and icon come from
-    the release tagged ``latest``."""
+    """An app: what the catalogue shows. Title, description and category are copied
+    from the release tagged ``latest`` (for search); the icon is that release's."""
 
     __tablename__ = "apps"
 
@@ -80,14 +80,13 @@ class App(SQLModel, table=True):
     title: str = Field(default="", max_length=80)
     description: str = Field(default="", max_length=2000)
     category: str = Field(default="", max_length=40, index=True)
-    icon_key: str | None = Field(default=None, max_length=255)
-    icon_type: str | None = Field(default=None, max_length=32)
     latest_release_id: int | None = Field(
         default=None,
         sa_column=Column(
             Integer,
-            ForeignKey("releases.id", ondelete="SET NULL", use_alter=True,
-                       name="fk_apps_latest_release"),
+            ForeignKey(
+                "releases.id", ondelete="SET NULL", use_alter=True, name="fk_apps_latest_release"
+            ),
             nullable=True,
         ),
     )
@@ -110,7 +109,9 @@ class Release(SQLModel, table=True):
     version: str = Field(max_length=64)
     runtime_version_id: int = Field(
         sa_column=Column(
-            Integer, ForeignKey("runtime_versions.id", ondelete="RESTRICT"), nullable=False,
+            Integer,
+            ForeignKey("runtime_versions.id", ondelete="RESTRICT"),
+            nullable=False,
             index=True,
         )
     )
@@ -121,6 +122,8 @@ class Release(SQLModel, table=True):
     bundle_key: str = Field(max_length=255)
     bundle_sha256: str = Field(max_length=64)
     bundle_size: int
+    icon_key: str | None = Field(default=None, max_length=255)
+    icon_type: str | None = Field(default=None, max_length=32)
     encrypted: bool = Field(default=False)
     portal_key_fingerprint: str | None = Field(default=None, max_length=64)
     hidden: bool = Field(default=False)

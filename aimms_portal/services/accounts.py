@@ -7,7 +7,7 @@ import re
 import secrets
 import string
 
-from sqlmodel import Session, col, func, or_, select, update
+from sqlmodel import Session, col, delete, func, or_, select, update
 
 from aimms_portal.auth import passwords
 from aimms_portal.auth.access import Action, require
@@ -15,6 +15,7 @@ from aimms_portal.errors import Conflict, InvalidInput, NotFound, PermissionDeni
 from aimms_portal.models import (
     EVERYONE,
     ApiToken,
+    AppGrant,
     BrowserSession,
     Group,
     Membership,
@@ -410,6 +411,12 @@ def delete_group(session: Session, *, actor: User, group_id: int, source_ip: str
     if group.builtin:
         raise Conflict(f"The built-in group {group.name!r} cannot be deleted.", code="builtin")
     audit.record(session, action="group.delete", actor=actor, target=group, source_ip=source_ip)
+    # grants have no foreign key to their group (they may name a user instead)
+    session.exec(
+        delete(AppGrant).where(
+            col(AppGrant.principal_type) == "group", col(AppGrant.principal_id) == group.id
+        )
+    )
     session.delete(group)
 
 

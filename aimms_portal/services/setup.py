@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from aimms_portal.config import Settings
 from aimms_portal.db import session_scope, upgrade_database
-from aimms_portal.services import accounts
+from aimms_portal.services import accounts, demo, portal_keys
 
 logger = logging.getLogger(__name__)
 
 
-def prepare(settings: Settings) -> str | None:
-    """Migrate the database, create the built-in groups and make sure an admin exists.
+@dataclass(frozen=True)
+class Prepared:
+    """What a start did that the operator should hear about."""
 
-    Safe to run at every start and from several processes in turn. Returns the
-    generated password of a newly created first admin (to be shown once), else ``None``.
+    #: The generated password of a newly created first admin, to be shown once.
+    admin_password: str | None
+    #: What happened to the demo content, if anything.
+    demo: str | None
+
+
+def prepare(settings: Settings) -> Prepared:
+    """Migrate the database, create the built-in groups, the portal key and an admin,
+    and on a fresh development portal publish the demo content.
+
+    Safe to run at every start and from several processes in turn.
     """
     upgrade_database(settings.resolved_database_url)
     with session_scope() as session:
@@ -27,5 +38,7 @@ def prepare(settings: Settings) -> str | None:
             password=password,
             email=settings.admin_email,
         )
+        portal_keys.ensure_portal_key(session)
+    summary = demo.publish_demo_if_wanted(settings, admin)
     logger.info("portal prepared; admin account: %s", admin.username)
-    return generated
+    return Prepared(admin_password=generated, demo=summary)

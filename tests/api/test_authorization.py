@@ -6,7 +6,9 @@ until it is entered in ``MATRIX`` with who may call it, and until it really chec
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +17,9 @@ from fastapi.routing import iter_route_contexts
 from aimms_portal.api.app import create_api
 from aimms_portal.db import session_scope
 from aimms_portal.models import Role, User
-from aimms_portal.services import accounts, tokens
+from aimms_portal.packages import signing
+from aimms_portal.services import accounts, app_access, tokens
+from tests import publishing
 from tests.api.support import API, error, quick_user
 from tests.helpers import PASSWORD, bearer
 
@@ -30,14 +34,20 @@ OPEN = {
     f"{API}/docs",
     "/docs/oauth2-redirect",
     f"{API}/{{path:path}}",
+    f"{API}/portal-key",
 }
 
 ANY, PUBLISHER, ADMIN, OWNER = "any", "publisher", "admin", "owner"
+#: Rights on the world's app: bob may read and run it (through his group), pete wrote it.
+APP_READ, APP_WRITE = "app_read", "app_write"
 NEW_PASSWORD = "Another-horse-7-staple"
 
 #: Who may call each route, and a body that route accepts (so no 422 hides a refusal).
 #: ``any``: every user; ``publisher``: admins and publishers; ``admin``: admins only;
-#: ``owner``: the owner of the object in the path (and admins).
+#: ``owner``: the owner of the object in the path (and admins); ``app_read`` and
+#: ``app_write``: holders of that right on the app in the path (and admins).
+#: A body of ``UPLOAD`` sends the file the world made for that route.
+UPLOAD: dict[str, Any] = {"upload": True}
 MATRIX: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("GET", f"{API}/me"): (ANY, None),
     ("POST", f"{API}/me/password"): (
@@ -61,6 +71,45 @@ MATRIX: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("POST", f"{API}/tokens"): (ANY, {"name": "laptop"}),
     ("DELETE", f"{API}/tokens/{{token_id}}"): (OWNER, None),
     ("GET", f"{API}/audit"): (ADMIN, None),
+    ("GET", f"{API}/signing-keys"): (ADMIN, None),
+    ("POST", f"{API}/signing-keys"): (
+        ADMIN,
+        {"name": "second", "public_key": "{spare_key}"},
+    ),
+    ("DELETE", f"{API}/signing-keys/{{key_id}}"): (ADMIN, None),
+    ("GET", f"{API}/runtimes"): (PUBLISHER, None),
+    ("POST", f"{API}/runtimes"): (PUBLISHER, UPLOAD),
+    ("GET", f"{API}/runtimes/{{name}}/{{version}}"): (PUBLISHER, None),
+    ("DELETE", f"{API}/runtimes/{{name}}/{{version}}"): (PUBLISHER, None),
+    ("POST", f"{API}/runtimes/delete-unused"): (PUBLISHER, {}),
+    ("GET", f"{API}/apps"): (ANY, None),
+    ("POST", f"{API}/apps"): (PUBLISHER, UPLOAD),
+    ("GET", f"{API}/apps/{{name}}"): (APP_READ, None),
+    ("DELETE", f"{API}/apps/{{name}}"): (APP_WRITE, None),
+    ("GET", f"{API}/apps/{{name}}/icon"): (APP_READ, None),
+    ("GET", f"{API}/apps/{{name}}/launch"): (APP_READ, None),
+    ("GET", f"{API}/apps/{{name}}/releases"): (APP_READ, None),
+    ("PATCH", f"{API}/apps/{{name}}/releases/{{version}}"): (APP_WRITE, {"hidden": True}),
+    ("DELETE", f"{API}/apps/{{name}}/releases/{{version}}"): (APP_WRITE, None),
+    ("PUT", f"{API}/apps/{{name}}/latest"): (APP_WRITE, {"version": "0.9"}),
+    ("GET", f"{API}/apps/{{name}}/access"): (APP_WRITE, None),
+    ("POST", f"{API}/apps/{{name}}/access"): (
+        APP_WRITE,
+        {"principal_type": "user", "principal_name": "ann", "right": "read"},
+    ),
+    ("DELETE", f"{API}/apps/{{name}}/access/{{grant_id}}"): (APP_WRITE, None),
+    ("GET", f"{API}/apps/{{name}}/access/effective"): (APP_WRITE, None),
+}
+
+#: Path parameters that differ between resources (a runtime's name is not an app's).
+FILL: dict[str, dict[str, str]] = {
+    f"{API}/runtimes/": {"name": "corpus-runtime", "version": "0.5"},
+    f"{API}/apps/": {"name": "corpus-app", "version": "0.9"},
+}
+
+#: Query parameters a route needs.
+PARAMS: dict[tuple[str, str], dict[str, str]] = {
+    ("GET", f"{API}/apps/{{name}}/access/effective"): {"user": "ann"},
 }
 
 
@@ -112,8 +161,9 @@ class World:
     """Users of every role, a group with bob in it, and a token of bob's."""
 
     users: dict[str, User]
-    ids: dict[str, int]
+    ids: dict[str, Any]
     bobs_token: str
+    uploads: dict[tuple[str, str], tuple[Path, dict[str, str]]]
     _headers: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def headers(self, who: str) -> dict[str, str]:
@@ -124,14 +174,32 @@ class World:
             self._headers[who] = bearer(self.users[username], *scopes)
         return self._headers[who]
 
+    def path(self, template: str) -> str:
+        """The route template with this world's objects filled in."""
+        fill = next((v for k, v in FILL.items() if template.startswith(k)), {})
+        return template.format(**(self.ids | fill))
+
     def request(self, client: Any, route: tuple[str, str], who: str | None) -> Any:
         method, template = route
-        path = template.format(**self.ids)
+        path = self.path(template)
         body = MATRIX.get(route, (ANY, None))[1]
-        if body is not None:
-            body = {k: self.ids["ann_id"] if v == "{ann_id}" else v for k, v in body.items()}
         headers = self.headers(who) if who else {}
-        return client.request(method, path, json=body, headers=headers)
+        params = PARAMS.get(route)
+        if body is UPLOAD:
+            upload, extra = self.uploads[route]
+            return client.request(
+                method,
+                path,
+                content=upload.read_bytes(),
+                params=params,
+                headers=headers | extra | {"Content-Type": "application/octet-stream"},
+            )
+        if body is not None:
+            body = {
+                k: self.ids[v[1:-1]] if isinstance(v, str) and v.startswith("{") else v
+                for k, v in body.items()
+            }
+        return client.request(method, path, json=body, params=params, headers=headers)
 
     def refusals(
         self, client: Any, routes: list[tuple[str, str]], who: str | None, status: int, code: str
@@ -151,7 +219,7 @@ class World:
 
 
 @pytest.fixture
-def world(db: None) -> World:
+def world(db: None, tmp_path: Path) -> World:
     users = {
         "root": quick_user("root", Role.admin.value),
         "ann": quick_user("ann"),
@@ -165,13 +233,44 @@ def world(db: None) -> World:
         token, secret = tokens.create_token(
             session, actor=bob, name="bob", scopes=["read", "write"]
         )
+    # publishing: a trusted key, a used and an unused runtime, pete's app with two
+    # releases (0.9 and the latest, 1.0) that bob's group may read and run
+    pete = users["pete"]
+    key = publishing.trust_test_key(root)
+    publishing.upload_runtime(pete, tmp_path, "1.0")
+    publishing.upload_runtime(pete, tmp_path, "0.5")
+    publishing.publish(pete, publishing.app_bundle(tmp_path, "0.9"))
+    publishing.publish(pete, publishing.app_bundle(tmp_path, "1.0"))
+    with session_scope() as session:
+        for right in ("read", "run"):
+            app_access.set_grant(
+                session,
+                actor=pete,
+                name=publishing.APP_NAME,
+                principal_type="group",
+                principal_name="staff",
+                right=right,
+                effect="allow",
+            )
+        grant_id = app_access.list_grants(session, actor=pete, name=publishing.APP_NAME)[0]
+    package, signature = publishing.runtime_package(tmp_path, "2.0")
+    uploads = {
+        ("POST", f"{API}/runtimes"): (
+            package,
+            {"X-Runtime-Signature": base64.b64encode(signature).decode()},
+        ),
+        ("POST", f"{API}/apps"): (publishing.app_bundle(tmp_path, "1.0", name="fresh-app"), {}),
+    }
     ids = {
         "user_id": bob.id or 0,
         "group_id": group.id or 0,
         "token_id": token.id or 0,
         "ann_id": users["ann"].id or 0,
+        "key_id": key.id or 0,
+        "spare_key": signing.generate_signing_key()[1],
+        "grant_id": grant_id.grant.id or 0,
     }
-    return World(users=users, ids=ids, bobs_token=secret)
+    return World(users=users, ids=ids, bobs_token=secret, uploads=uploads)
 
 
 def test_every_route_is_in_the_matrix():
@@ -190,7 +289,14 @@ def test_anonymous_callers_get_401(client, world):
 
 @pytest.mark.parametrize("route", ROUTES, ids=_route_id)
 def test_the_right_caller_gets_through(client, world, route):
-    caller = {ANY: "ann", PUBLISHER: "pete", ADMIN: "root", OWNER: "bob"}[_level(route)]
+    caller = {
+        ANY: "ann",
+        PUBLISHER: "pete",
+        ADMIN: "root",
+        OWNER: "bob",
+        APP_READ: "bob",
+        APP_WRITE: "pete",
+    }[_level(route)]
     response = world.request(client, route, caller)
     assert response.status_code < 300, response.text
 
@@ -230,11 +336,16 @@ def test_a_token_without_the_needed_scope_gets_403(client, world, who, routes, s
     assert repr(scope) in message
 
 
-@pytest.mark.parametrize("route", _where(OWNER), ids=_route_id)
+@pytest.mark.parametrize("route", _where(OWNER, APP_READ, APP_WRITE), ids=_route_id)
 def test_another_users_object_is_not_found(client, world, route):
     error(world.request(client, route, "ann"), 404, "not_found")
     # and the object is untouched: bob's token still works
     assert client.get(f"{API}/me", headers=world.headers("bob")).status_code == 200
+
+
+@pytest.mark.parametrize("route", _where(APP_WRITE), ids=_route_id)
+def test_readers_of_an_app_may_not_change_it(client, world, route):
+    error(world.request(client, route, "bob"), 403, "forbidden")
 
 
 def test_admins_may_revoke_anyones_token(client, world):
@@ -252,11 +363,13 @@ def test_only_admins_list_another_users_tokens(client, world):
 
 
 def test_malformed_json_is_a_400_on_every_route_that_takes_a_body(client, world):
-    with_body = [route for route in ROUTES if MATRIX.get(route, (ANY, None))[1] is not None]
+    with_body = [
+        route for route in ROUTES if MATRIX.get(route, (ANY, None))[1] not in (None, UPLOAD, {})
+    ]
     assert with_body
     headers = world.headers("root") | {"Content-Type": "application/json"}
     for method, template in with_body:
         response = client.request(
-            method, template.format(**world.ids), content=b'{"name": ', headers=headers
+            method, world.path(template), content=b'{"name": ', headers=headers
         )
         error(response, 400, "malformed_json")

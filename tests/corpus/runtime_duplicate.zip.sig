@@ -1,0 +1,1 @@
+{"format": 1, "key": "aa751e2ec2ae1753e34ca5c24eba9827a997f7ef6ac895befc654c9b2878e3e2", "sha256": "a4df4af2021898bca2bdb1f8c97b6fd1968a910dc284fbc2a310777ffb80bcc1", "signature": "bOQbL9kkvCceOldA6xnmDeMqnlF4KkMHtelprnokdAt5zQQ2YVDLHmiqb6ebCJ69wHcZkZ8JeT6oocEY6zdeDQ=="}

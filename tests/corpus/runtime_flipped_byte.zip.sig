@@ -1,0 +1,1 @@
+{"format": 1, "key": "aa751e2ec2ae1753e34ca5c24eba9827a997f7ef6ac895befc654c9b2878e3e2", "sha256": "5cd578004d28ea80d745d82f45828ecfbc7186f7d3e6a481393d40bf5c5240b6", "signature": "C7921b3jFxsiHPD3Nme0YNGCh7DOk2rzhV4IcSnJeTZ3NdRTLtLZcawfpwBwU5hdBTbUlSzsTacUGUxqVefwBA=="}

@@ -1,0 +1,1 @@
+{"format": 1, "key": "aa751e2ec2ae1753e34ca5c24eba9827a997f7ef6ac895befc654c9b2878e3e2", "sha256": "44a25fcc1c5d59c165101465786cb13fcd3a3c8379dd6b9ca11b9f36f60bf744", "signature": "OO7VVeN8bPe3wTeau57Z5fkMmRwxefkqPbWTVZFYHOg/RfQ8KU76QuFwkMxcs39Ra3EWUIix2TAFwIEAmp2zDQ=="}

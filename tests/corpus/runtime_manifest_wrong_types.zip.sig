@@ -1,0 +1,1 @@
+{"format": 1, "key": "aa751e2ec2ae1753e34ca5c24eba9827a997f7ef6ac895befc654c9b2878e3e2", "sha256": "5f6d0643823a23036964b3ba2c6ffe66fe9c8432c2673d8d605940c41ed90c03", "signature": "ydXL/j2eZ43ICcgq+lQxQ9d58JOGxx1+HUxzoWOmPwdm9pETCiidVJdqi8DFFYhASXQd8BrNj3kwjTI5Js8iDQ=="}

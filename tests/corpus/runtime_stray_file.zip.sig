@@ -1,0 +1,1 @@
+{"format": 1, "key": "aa751e2ec2ae1753e34ca5c24eba9827a997f7ef6ac895befc654c9b2878e3e2", "sha256": "db8f77f4ed89d1a4b4c7c9112673be79c4647135af9c75b60763e502cd834975", "signature": "u76VX4fq57Bli2alrwmqVe1ktI4myxS9+FENr5U41O8mr08gvwhsTlSA8vS3Qb3oGe66MaaLeGSZiIsCkfkMCw=="}

@@ -1,0 +1,1 @@
+{"format": 1, "key": "aa751e2ec2ae1753e34ca5c24eba9827a997f7ef6ac895befc654c9b2878e3e2", "sha256": "d273e6e8dde277d75155055954843ed6765eb8611b10edfd210221040a926fb8", "signature": "lsq3Dj7dFWeZeE0Vl5Y9O+ZPrm8vdEneDp5T6qPJxxUeXwVs/JFvSy5aMm7ejkxoOKAZK/IUwHJikf/G9FLsCQ=="}

@@ -1,0 +1,1 @@
+{"format": 1, "key": "591f222a9e027eb915cb8e0f71f48bc485c02151beab495bb7774ce37f4ab3c7", "sha256": "5592626eaacf1392b6f0d437150b6df4fea8727159ab23f40ecad61dde2ddcc6", "signature": "WQZAelz0Qxsahc22O9MOwlah/PhZyB9R9w9K8mpKhPH+clIZdJl44lDiwCbxWeaWsujMTqGzbcR8F4Yk63OMBw=="}

@@ -1,0 +1,1 @@
+{"format": 1, "key": "aa751e2ec2ae1753e34ca5c24eba9827a997f7ef6ac895befc654c9b2878e3e2", "sha256": "a00048653c3579e3afc1d4ff7ca05836f2f8e13699beaed3cd11c043d365b882", "signature": "Jynf9NaxQRTcG/EsmHvJ15vJWkiei0NEK0OXASqT68tC+LZSUt+NxerKRYUPpoGNrglkgis8C4sF+SDjGr7NAQ=="}
