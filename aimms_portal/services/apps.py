@@ -147,7 +147,14 @@ def publish_bundle(
                 require(actor, Action.create_app)
                 app = App(name=manifest.name)
                 session.add(app)
-                session.flush()
+                try:
+                    session.flush()
+                except IntegrityError as exc:  # another upload created it a moment ago
+                    raise Conflict(
+                        f"The app {manifest.name!r} is being created by another upload; "
+                        "publish again in a moment.",
+                        code="concurrent_publish",
+                    ) from exc
                 _grant_publisher(session, app, actor)
             else:
                 app_with_right(session, actor, app.name, AppRight.write)
