@@ -32,7 +32,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 from aimms_portal.errors import InvalidInput
 
@@ -424,15 +424,17 @@ def _precheck_zip_directory(file: IO[bytes], limits: Limits) -> None:
     """Count the central directory's records, and check their names' encoding, before
     zipfile parses it: zipfile reads it whole and makes an object per record.
     """
-    # the same function zipfile itself uses to find the directory: both see one archive
+    # zipfile's own (private, long-stable) reader of the end record: so this check and
+    # zipfile agree on where the directory is, prepended data and ZIP64 included
+    private: Any = zipfile
     with _damaged():
-        end = zipfile._EndRecData(file)  # type: ignore[attr-defined]
+        end = private._EndRecData(file)
     if not end:
         raise ArchiveError(DAMAGED, log_detail="no end of central directory record")
-    size = end[zipfile._ECD_SIZE]  # type: ignore[attr-defined]
-    location = end[zipfile._ECD_LOCATION]  # type: ignore[attr-defined]
-    if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:  # type: ignore[attr-defined]
-        location -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator  # type: ignore[attr-defined]
+    size: int = end[private._ECD_SIZE]
+    location: int = end[private._ECD_LOCATION]
+    if end[private._ECD_SIGNATURE] == private.stringEndArchive64:
+        location -= private.sizeEndCentDir64 + private.sizeEndCentDir64Locator
     if size > limits.max_entries * _ZIP_DIRECTORY_BYTES_PER_ENTRY:
         raise ArchiveError(
             f"the archive's table of contents is too large (more than {limits.max_entries:,} "
@@ -804,6 +806,7 @@ def write_zip(
         with zipfile.ZipFile(tmp, "w") as archive:
             for rel, full in files:
                 _write_member(archive, rel, full)
+        tmp.chmod(0o644)  # mkstemp made it 0600
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)

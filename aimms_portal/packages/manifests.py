@@ -319,7 +319,8 @@ def describe_errors(error: ValidationError) -> list[str]:
 def _describe(loc: tuple[Any, ...], kind: str, ctx: dict[str, Any], item: Any) -> str:
     if loc and loc[-1] == "[key]":
         # a dict key that breaks a rule: pydantic puts the key itself before "[key]"
-        return f"{_quote(_dotted(loc[:-2]))} has the name {loc[-2]!r}, which {item['msg']}"
+        name = _printable(str(loc[-2]))
+        return f"{_quote(_dotted(loc[:-2]))} has the name '{name}', which {item['msg']}"
     path = _dotted(loc)
     # a command's items are reported for the command, as a publisher thinks of it
     if len(loc) >= 2 and loc[-2] == "command" and isinstance(loc[-1], int):
@@ -363,7 +364,13 @@ def _number(value: Any) -> str:
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in loc)
+    return ".".join(_printable(str(part)) for part in loc)
+
+
+def _printable(text: str) -> str:
+    # field paths contain the publisher's procedure names: keep them short and visible
+    text = text if len(text) <= 64 else text[:64] + "..."
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def _quote(path: str) -> str:

@@ -48,11 +48,12 @@ def build_runtime(
     downloads the requirements and all their dependencies as wheels only
     (``pip download --only-binary=:all:``) for the Python running this, with
     ``pip_args`` added (e.g. ``--index-url``). The package is checked with
-    :func:`inspect_runtime` before this returns.
+    :func:`inspect_runtime` before it is written to ``out_path``.
 
     Raises:
         InvalidInput: an invalid ``runtime.json`` (``invalid_manifest``), a bad wheel
-            name, or pip failing (``build_failed``, with pip's last words).
+            name (``invalid_package``), or pip failing (``build_failed``, with pip's
+            last words). Nothing is written to ``out_path`` then.
     """
     src = Path(src_dir)
     manifest_path = src / MANIFEST_NAME
@@ -71,11 +72,28 @@ def build_runtime(
                 shutil.copyfile(wheel, wheels / wheel.name)
         elif (src / REQUIREMENTS_NAME).is_file():
             _download_wheels(src / REQUIREMENTS_NAME, wheels, pip_args)
-        write_zip(stage, out_path, exclude=())
+        package = Path(work) / "package.zip"
+        write_zip(stage, package, exclude=())
+        # checked before it is put in place: out_path never holds a package that fails
+        inspect_runtime(package)
+        _move_into_place(package, Path(out_path))
 
-    inspect_runtime(out_path)
     logger.info("built runtime %s %s at %s", manifest.name, manifest.version, out_path)
     return manifest
+
+
+def _move_into_place(source: Path, target: Path) -> None:
+    # a copy beside the target first (the temporary folder may be on another file
+    # system), then an atomic rename
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp_name)
+        os.chmod(tmp_name, 0o644)  # mkstemp made it 0600
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
 
 
 def _download_wheels(requirements: Path, dest: Path, pip_args: Sequence[str]) -> None:

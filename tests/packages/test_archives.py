@@ -540,6 +540,7 @@ def test_write_zip_is_sorted_and_leaves_out_caches(tmp_path: Path):
             assert info.compress_type == zipfile.ZIP_DEFLATED
         assert archive.read("src/model.py") == b"x = 1\n"
     assert check_archive(out)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
 
 
 def test_write_zip_is_deterministic(tmp_path: Path):

@@ -323,6 +323,14 @@ def test_missing_fields_are_all_named():
     )
 
 
+def test_names_in_messages_are_printable_and_short():
+    procedures = {"a\nb": {"command": ["x"]}, "p" * 100: {"command": "x"}}
+    message = app_problems(app_doc(procedures=procedures))
+    assert "'procedures' has the name 'a\\nb', which must be 2-64" in message
+    assert f"'procedures.{'p' * 64}....command' must be a list of strings" in message
+    assert "\n" not in message
+
+
 def test_every_problem_is_listed_once():
     doc = app_doc(
         version="one",

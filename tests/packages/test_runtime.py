@@ -102,6 +102,18 @@ def test_build_fetches_requirements_and_dependencies_with_pip(runtime_src: Path,
     ]
 
 
+def test_bad_wheel_names_are_refused_before_anything_is_written(runtime_src: Path, tmp_path: Path):
+    wheels = tmp_path / "odd"
+    wheels.mkdir()
+    (wheels / "not-a-wheel.whl").write_bytes(b"x")
+    out = tmp_path / "out" / "runtime.zip"
+    out.parent.mkdir()
+    with pytest.raises(InvalidInput) as caught:
+        build_runtime(runtime_src, out, wheel_dir=wheels)
+    assert caught.value.code == "invalid_package"
+    assert list(out.parent.iterdir()) == []
+
+
 def test_pip_failure_is_reported(runtime_src: Path, tmp_path: Path):
     (runtime_src / "requirements.txt").write_text("no-such-package-anywhere==1\n")
     out = tmp_path / "runtime.zip"

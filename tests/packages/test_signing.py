@@ -143,13 +143,9 @@ def test_verify_fails_for_another_digest_key_or_signature(signing_key: tuple[byt
     changed = Signature(signature.key, DIGEST, base64.b64encode(bytes(raw)).decode())
     assert not verify(public_text, DIGEST, changed)
     # a signature over the digest without the prefix (made for another purpose)
-    bare = Ed25519PrivateKey.from_private_bytes(
-        serialization.load_pem_private_key(private_pem, None).private_bytes(  # type: ignore[union-attr]
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
-    ).sign(bytes.fromhex(DIGEST))
+    loaded = serialization.load_pem_private_key(private_pem, None)
+    assert isinstance(loaded, Ed25519PrivateKey)
+    bare = loaded.sign(bytes.fromhex(DIGEST))
     unprefixed = Signature(signature.key, DIGEST, base64.b64encode(bare).decode())
     assert not verify(public_text, DIGEST, unprefixed)
     assert verify(other_public, DIGEST, sign_digest(other_private, DIGEST))
