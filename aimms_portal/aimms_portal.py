@@ -17,8 +17,14 @@ from aimms_portal.ui.pages import (
     account,
     admin_audit,
     admin_groups,
+    admin_keys,
     admin_users,
+    app_details,
+    catalogue,
+    launch,
     login,
+    publish,
+    runtimes,
     tokens,
     upcoming,
 )
@@ -58,21 +64,30 @@ app.add_page(login.login_page, route="/login", title="Log on · aimms portal")
 
 # every other page is guarded: the server checks the log-on (and role) on each load
 _signed_on = [
-    (upcoming.apps_page, "/", "Apps", []),
+    (catalogue.catalogue_page, "/", "Apps", [catalogue.CatalogueState.load]),
+    (app_details.app_page, "/apps/[name]", "App", [app_details.AppState.load]),
+    (launch.launch_page, "/launch/[name]", "Launch", [launch.LaunchState.load]),
+    (launch.launch_version_page, "/launch/[name]/[version]", "Launch", [launch.LaunchState.load]),
+    # publishers, and writers of an app who are not publishers: the service decides
+    (publish.publish_page, "/publish", "Publish", []),
     (upcoming.jobs_page, "/jobs", "Jobs", []),
     (upcoming.sessions_page, "/sessions", "Sessions", []),
-    (upcoming.runtimes_page, "/runtimes", "Runtimes", []),
     (tokens.tokens_page, "/tokens", "API tokens", [tokens.TokensState.load]),
     (account.account_page, "/account", "Your account", []),
+]
+_publisher_only = [
+    (runtimes.runtimes_page, "/runtimes", "Runtimes", [runtimes.RuntimesState.load]),
 ]
 _admin_only = [
     (upcoming.operator_page, "/operator", "Operator", []),
     (admin_users.users_page, "/admin/users", "Users", [admin_users.UsersState.load]),
     (admin_groups.groups_page, "/admin/groups", "Groups", [admin_groups.GroupsState.load]),
+    (admin_keys.keys_page, "/admin/keys", "Signing keys", [admin_keys.KeysState.load]),
     (admin_audit.audit_page, "/admin/audit", "Audit log", [admin_audit.AuditState.load]),
 ]
 for guard, pages in (
     (SessionState.check_login, _signed_on),
+    (SessionState.check_publisher, _publisher_only),
     (SessionState.check_admin, _admin_only),
 ):
     for component, route, title, loaders in pages:

@@ -1,8 +1,10 @@
 """The ``aimms-portal`` command.
 
-Server-side commands (``run``, ``db``, ``admin``) act on the portal of the current
-settings. Client-side commands (``login``, ``whoami``, ``tokens``) talk to a portal over
-its REST API with a token kept in the user's config folder (mode 600).
+Server-side commands (``run``, ``db``, ``admin create``) act on the portal of the current
+settings. Client-side commands (``login``, ``whoami``, ``tokens``, ``runtime``, ``app``,
+``admin trust-key``) talk to a portal over its REST API with a token kept in the user's
+config folder (mode 600). ``runtime keygen|build|sign`` and ``app pack`` work on local
+files only (``app pack --encrypt-for-portal`` fetches the portal's public key).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,11 +29,21 @@ app = typer.Typer(
     help="Self-hosted portal for optimization apps.", no_args_is_help=True, add_completion=False
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-admin_app = typer.Typer(help="Administrator accounts.", no_args_is_help=True)
+admin_app = typer.Typer(
+    help="Administration: admin accounts, trusted signing keys.", no_args_is_help=True
+)
 tokens_app = typer.Typer(help="Your personal API tokens.", no_args_is_help=True)
+runtime_app = typer.Typer(
+    help="Runtime versions: make, sign and upload runtime packages.", no_args_is_help=True
+)
+apps_app = typer.Typer(
+    help="Apps: pack and publish bundles, releases, access rights.", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(runtime_app, name="runtime")
+app.add_typer(apps_app, name="app")
 
 CREDENTIALS_FILE = "credentials.json"
 
@@ -354,6 +366,377 @@ def tokens_revoke(token_id: Annotated[int, typer.Argument(help="Id from `tokens 
     with _stored_client() as client:
         client.revoke_token(token_id)
     typer.echo(f"Token {token_id} revoked.")
+
+
+# -- publishing: local files ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _local_errors() -> Iterator[None]:
+    """Turn what a command on local files can meet into one line on stderr and status 1.
+
+    The packages library names every problem in an ``InvalidInput``; a missing or
+    unreadable file is the user's to fix too. Anything else keeps its traceback.
+    """
+    from aimms_portal.errors import PortalError
+
+    try:
+        yield
+    except PortalError as exc:
+        raise _fail(exc.message) from exc
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise _fail(f"{where}{exc.strerror or exc}") from exc
+
+
+def _write_new_file(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` with ``mode`` from the start; refuse if anything is there already."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+
+
+def _write_replacing(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all (a temporary file renamed over it), mode 644."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _progress(label: str) -> Callable[[int, int], None] | None:
+    """A percentage on stderr while an upload streams, when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    shown = -1
+
+    def report(sent: int, total: int) -> None:
+        nonlocal shown
+        percent = 100 if total <= 0 else sent * 100 // total
+        if percent != shown:
+            shown = percent
+            end = "\n" if sent >= total else ""
+            typer.echo(f"\r{label}: {percent:3d}% of {_size(total)}", err=True, nl=bool(end))
+
+    return report
+
+
+def _size(size: int) -> str:
+    """A byte count for people: ``812 bytes``, ``1.5 MiB``."""
+    if size < 1024:
+        return f"{size:,} bytes"
+    scaled = float(size)
+    for unit in ("KiB", "MiB", "GiB"):
+        scaled /= 1024
+        if scaled < 1024 or unit == "GiB":
+            break
+    return f"{scaled:,.1f} {unit}"
+
+
+@runtime_app.command("keygen")
+def runtime_keygen(
+    key: Annotated[Path, typer.Argument(help="Where to write the private key (and KEY.pub).")],
+) -> None:
+    """Make an Ed25519 signing key: KEY (private, mode 600) and KEY.pub (to trust)."""
+    from aimms_portal.packages import fingerprint, generate_signing_key
+
+    public_path = key.with_name(key.name + ".pub")
+    for path in (key, public_path):
+        if path.exists() or path.is_symlink():
+            raise _fail(f"{path} exists already; refusing to overwrite it.")
+    private_pem, public_text = generate_signing_key()
+    with _local_errors():
+        _write_new_file(key, private_pem, 0o600)
+        try:
+            _write_new_file(public_path, public_text.encode("ascii") + b"\n", 0o644)
+        except BaseException:
+            key.unlink(missing_ok=True)  # no private key without its public half
+            raise
+    typer.echo(f"Private key: {key} (mode 600; keep it secret, never upload it).")
+    typer.echo(f"Public key:  {public_path}, fingerprint {fingerprint(public_text)}")
+    typer.echo(f"An admin trusts it with `aimms-portal admin trust-key NAME {public_path}`.")
+
+
+@runtime_app.command("build")
+def runtime_build(
+    folder: Annotated[Path, typer.Argument(help="Folder with runtime.json and requirements.txt.")],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Package file (default NAME-VERSION.zip).")
+    ] = None,
+    wheels: Annotated[
+        Path | None,
+        typer.Option(help="Take the *.whl files of this folder instead of asking pip (offline)."),
+    ] = None,
+) -> None:
+    """Build a runtime package: runtime.json plus the wheels of requirements.txt."""
+    from aimms_portal.packages import build_runtime, parse_runtime_manifest
+
+    with _local_errors():
+        if wheels is not None and not wheels.is_dir():
+            raise _fail(f"{wheels} is not a folder of wheels.")
+        if output is None:
+            manifest = parse_runtime_manifest((folder / "runtime.json").read_bytes())
+            output = Path(f"{manifest.name}-{manifest.version}.zip")
+        manifest = build_runtime(folder, output, wheel_dir=wheels)
+    typer.echo(f"Built runtime {manifest.name} {manifest.version} into {output}.")
+    typer.echo(f"Sign it with `aimms-portal runtime sign {output} --key KEY`.")
+
+
+@runtime_app.command("sign")
+def runtime_sign(
+    package: Annotated[Path, typer.Argument(help="The runtime package to sign.")],
+    key: Annotated[Path, typer.Option(help="Your private key (from `runtime keygen`).")],
+) -> None:
+    """Sign a runtime package with your private key; writes PACKAGE.sig beside it."""
+    from aimms_portal.packages import sign_file
+
+    signature_path = package.with_name(package.name + ".sig")
+    with _local_errors():
+        signature = sign_file(key.read_bytes(), package)
+        _write_replacing(signature_path, signature.to_json())
+    typer.echo(f"Signed {package} (sha256 {signature.sha256[:16]}...) with key {signature.key}.")
+    typer.echo(f"Signature: {signature_path}")
+
+
+@runtime_app.command("upload")
+def runtime_upload(
+    package: Annotated[Path, typer.Argument(help="The runtime package.")],
+    signature: Annotated[
+        Path | None, typer.Option(help="Its signature file (default PACKAGE.sig).")
+    ] = None,
+) -> None:
+    """Upload a signed runtime package to the portal you are logged on to."""
+    signature_path = signature or package.with_name(package.name + ".sig")
+    if not package.is_file():
+        raise _fail(f"{package} is not a file.")
+    if not signature_path.is_file():
+        raise _fail(
+            f"No signature: {signature_path} is missing; sign the package with "
+            f"`aimms-portal runtime sign {package} --key KEY`."
+        )
+    with _local_errors(), open(signature_path, "rb") as sig:
+        # a real .sig is a few hundred bytes; the portal refuses anything over 4 KiB
+        signature_bytes = sig.read(64 * 1024)
+    with _stored_client() as client:
+        runtime = client.upload_runtime(
+            package, signature_bytes, progress=_progress(f"Uploading {package.name}")
+        )
+    typer.echo(
+        f"Uploaded runtime {runtime['name']} {runtime['version']} ({_size(runtime['size'])}, "
+        f"sha256 {runtime['sha256'][:16]}...), signed by {runtime['signer_name']}."
+    )
+
+
+@runtime_app.command("list")
+def runtime_list() -> None:
+    """List the portal's runtime versions."""
+    with _stored_client() as client:
+        rows = client.list_runtimes()
+    typer.echo(
+        f"{'NAME':<24} {'VERSION':<12} {'PYTHON':<10} {'RELEASES':>8}  {'SIGNER':<20} UPLOADED"
+    )
+    for row in rows:
+        typer.echo(
+            f"{row['name'][:24]:<24} {row['version'][:12]:<12} {row['python_requires'][:10]:<10} "
+            f"{row['releases']:>8}  {row['signer_name'][:20]:<20} {row['created_at'][:10]}"
+        )
+
+
+@runtime_app.command("delete")
+def runtime_delete(
+    name: Annotated[str, typer.Argument(help="Runtime name.")],
+    version: Annotated[str, typer.Argument(help="Runtime version.")],
+) -> None:
+    """Delete a runtime version that no release uses."""
+    with _stored_client() as client:
+        client.delete_runtime(name, version)
+    typer.echo(f"Runtime {name} {version} deleted.")
+
+
+@runtime_app.command("delete-unused")
+def runtime_delete_unused() -> None:
+    """Delete every runtime version that no release uses."""
+    with _stored_client() as client:
+        deleted = client.delete_unused_runtimes()
+    if deleted:
+        typer.echo(f"Deleted {len(deleted)} unused runtime version(s): {', '.join(deleted)}.")
+    else:
+        typer.echo("No unused runtime versions.")
+
+
+@admin_app.command("trust-key")
+def admin_trust_key(
+    name: Annotated[str, typer.Argument(help="A name for the key, e.g. its publisher.")],
+    public_key: Annotated[Path, typer.Argument(help="The KEY.pub file (`ed25519:...`).")],
+) -> None:
+    """Trust a publisher's signing key on the portal you are logged on to."""
+    with _local_errors(), open(public_key, "rb") as source:
+        # a public key text is 52 characters; more means this is not one
+        text = source.read(4096).decode("utf-8", errors="replace").strip()
+    with _stored_client() as client:
+        key = client.trust_signing_key(name, text)
+    typer.echo(f"Trusted key {key['name']!r} (fingerprint {key['fingerprint']}).")
+
+
+# -- apps ----------------------------------------------------------------------------------
+
+
+@apps_app.command("pack")
+def app_pack(
+    folder: Annotated[Path, typer.Argument(help="The app's folder, with app.json at its top.")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Bundle file (default NAME-VERSION.zip, or .aimmsenc when encrypted).",
+        ),
+    ] = None,
+    encrypt_for: Annotated[
+        Path | None, typer.Option(help="Encrypt for the portal whose public key PEM this is.")
+    ] = None,
+    encrypt_for_portal: Annotated[
+        bool, typer.Option(help="Encrypt for the portal you are logged on to.")
+    ] = False,
+) -> None:
+    """Pack an app folder into a bundle, optionally encrypted for one portal."""
+    from aimms_portal.packages import pack_app, parse_app_manifest, public_fingerprint
+
+    if encrypt_for is not None and encrypt_for_portal:
+        raise _fail("Give --encrypt-for or --encrypt-for-portal, not both.")
+    public_pem: bytes | None = None
+    if encrypt_for_portal:
+        with _stored_client() as client:
+            portal_key = client.portal_key()
+        public_pem = portal_key["public_pem"].encode("ascii")
+        typer.echo(
+            f"Encrypting for the portal at {client.url}, key fingerprint "
+            f"{portal_key['fingerprint']}."
+        )
+    with _local_errors():
+        if encrypt_for is not None:
+            public_pem = encrypt_for.read_bytes()
+            typer.echo(f"Encrypting for the portal key {public_fingerprint(public_pem)}.")
+        if output is None:
+            manifest = parse_app_manifest((folder / "app.json").read_bytes())
+            suffix = "zip" if public_pem is None else "aimmsenc"
+            output = Path(f"{manifest.name}-{manifest.version}.{suffix}")
+        manifest = pack_app(folder, output, encrypt_for=public_pem)
+    state = "encrypted bundle" if public_pem else "bundle"
+    typer.echo(f"Packed {manifest.name} {manifest.version} into {state} {output}.")
+
+
+@apps_app.command("publish")
+def app_publish(
+    bundle: Annotated[Path, typer.Argument(help="The bundle file (from `app pack`).")],
+    hide_previous: Annotated[
+        bool, typer.Option(help="Hide the release that was latest until now.")
+    ] = False,
+) -> None:
+    """Publish a bundle as the app's new latest release."""
+    if not bundle.is_file():
+        raise _fail(f"{bundle} is not a file.")
+    with _stored_client() as client:
+        release = client.publish_bundle(
+            bundle, hide_previous=hide_previous, progress=_progress(f"Uploading {bundle.name}")
+        )
+    # the answer does not name the app, and an encrypted bundle does not show its name
+    # without the portal's key: the file name stands for it
+    encrypted = ", encrypted" if release["encrypted"] else ""
+    hidden = "; the previous latest is hidden" if hide_previous else ""
+    typer.echo(
+        f"Published {bundle.name}: release {release['version']} is now latest "
+        f"(runtime {release['runtime']}{encrypted}){hidden}."
+    )
+
+
+@apps_app.command("list")
+def app_list() -> None:
+    """List the apps you may see, with their latest release and your rights."""
+    with _stored_client() as client:
+        rows = client.list_apps()
+    typer.echo(f"{'NAME':<24} {'LATEST':<12} {'RIGHTS':<15} {'CATEGORY':<16} TITLE")
+    for row in rows:
+        rights = " ".join(r for r in ("read", "write", "run") if row["rights"][r]) or "-"
+        typer.echo(
+            f"{row['name'][:24]:<24} {(row['latest_version'] or '-')[:12]:<12} {rights:<15} "
+            f"{row['category'][:16]:<16} {row['title']}"
+        )
+
+
+@apps_app.command("releases")
+def app_releases(name: Annotated[str, typer.Argument(help="The app.")]) -> None:
+    """List an app's releases, newest first."""
+    with _stored_client() as client:
+        rows = client.list_releases(name)
+    typer.echo(f"{'VERSION':<12} {'TAGS':<18} {'RUNTIME':<28} {'SIZE':>12}  PUBLISHED")
+    for row in rows:
+        tags = [t for t in ("latest", "hidden", "encrypted") if row[t]]
+        typer.echo(
+            f"{row['version'][:12]:<12} {','.join(tags) or '-':<18} {row['runtime'][:28]:<28} "
+            f"{_size(row['bundle_size']):>12}  {row['created_at'][:10]} by {row['published_by']}"
+        )
+
+
+@apps_app.command("latest")
+def app_latest(
+    name: Annotated[str, typer.Argument(help="The app.")],
+    version: Annotated[str, typer.Argument(help="The release that becomes latest.")],
+) -> None:
+    """Move the app's latest tag to a release (roll back or forward)."""
+    with _stored_client() as client:
+        release = client.set_latest(name, version)
+    typer.echo(f"{name}: latest is now {release['version']}.")
+
+
+@apps_app.command("grant")
+def app_grant(
+    name: Annotated[str, typer.Argument(help="The app.")],
+    right: Annotated[str, typer.Option(help="read, write or run.")],
+    user: Annotated[str | None, typer.Option(help="Grant to this user.")] = None,
+    group: Annotated[str | None, typer.Option(help="Grant to this group.")] = None,
+    deny: Annotated[bool, typer.Option("--deny", help="Deny instead of allow.")] = False,
+) -> None:
+    """Allow (or with --deny, deny) a right on an app to one user or group."""
+    if (user is None) == (group is None):
+        raise _fail("Give exactly one of --user and --group.")
+    if right not in ("read", "write", "run"):
+        raise _fail(f"--right must be read, write or run, not {right!r}.")
+    principal_type, principal_name = ("user", user) if user is not None else ("group", group)
+    assert principal_name is not None
+    effect = "deny" if deny else "allow"
+    with _stored_client() as client:
+        grant = client.set_grant(
+            name,
+            principal_type=principal_type,
+            principal_name=principal_name,
+            right=right,
+            effect=effect,
+        )
+    verb = "Denied" if grant["effect"] == "deny" else "Allowed"
+    typer.echo(
+        f"{verb} {grant['right']} on {name} to {grant['principal_type']} {grant['principal_name']}."
+    )
+
+
+@apps_app.command("rights")
+def app_rights(
+    name: Annotated[str, typer.Argument(help="The app.")],
+    user: Annotated[str, typer.Option(help="Whose rights to explain.")],
+) -> None:
+    """Explain a user's effective rights on an app: which grant decided each."""
+    with _stored_client() as client:
+        explained = client.explain_rights(name, user)
+    typer.echo(f"Rights of {explained['user']} on {explained['app']}:")
+    for right in ("read", "write", "run"):
+        decision = explained["rights"][right]
+        verdict = "allowed" if decision["allowed"] else "denied"
+        typer.echo(f"  {right:<6} {verdict:<8} {decision['reason']}")
 
 
 if __name__ == "__main__":

@@ -7,17 +7,34 @@ Errors from the portal arrive as :class:`PortalClientError` with the portal's co
 message; a portal that cannot be reached gives code ``unreachable``, an address that is
 not http(s) gives ``invalid_url``, and an answer that is not the portal's JSON gives
 ``unexpected_response``.
+
+Uploads (runtime packages, app bundles) are streamed from their file in chunks of
+:data:`UPLOAD_CHUNK_SIZE` with a ``Content-Length``: a package is never held whole in
+memory, whatever its size.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import os
 import platform
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
+from urllib.parse import quote
 
 import httpx
 
 DEFAULT_TIMEOUT = 30.0
+#: How long an upload may wait for the answer once all of it is sent: the portal reads
+#: the whole archive again to validate it before it answers.
+UPLOAD_ANSWER_TIMEOUT = 600.0
+UPLOAD_CHUNK_SIZE = 1024 * 1024
+#: The request header that carries a runtime package's ``.sig`` file (base64).
+SIGNATURE_HEADER = "X-Runtime-Signature"
+
+#: Called with (bytes sent so far, bytes in all) while an upload streams.
+Progress = Callable[[int, int], None]
 
 
 class PortalClientError(Exception):
@@ -79,6 +96,16 @@ class PortalClient:
         """
         try:
             response = self._http.request(method, f"/api/v1{path}", **kwargs)
+        except httpx.WriteError as exc:
+            # a portal may refuse an upload (no right, too large) before reading all of
+            # it and close the connection: the sender then sees only this
+            raise PortalClientError(
+                0,
+                "connection_closed",
+                f"The portal at {self.url} closed the connection while the request was "
+                "sent; it may have refused the upload (check the upload limit and your "
+                "rights).",
+            ) from exc
         except httpx.TransportError as exc:
             raise PortalClientError(
                 0, "unreachable", f"Cannot reach the portal at {self.url}: {exc}"
@@ -158,6 +185,135 @@ class PortalClient:
     def revoke_token(self, token_id: int) -> None:
         self.request("DELETE", f"/tokens/{token_id}")
 
+    # -- runtime versions and signing keys -----------------------------------------------
+
+    def list_runtimes(self) -> list[dict[str, Any]]:
+        """Every runtime version, with how many releases run on it."""
+        return self.request("GET", "/runtimes")  # type: ignore[no-any-return]
+
+    def upload_runtime(
+        self, package: str | os.PathLike[str], signature: bytes, *, progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """Upload a runtime package, streamed from its file, with its ``.sig`` file's bytes.
+
+        Raises:
+            PortalClientError: refused (unsigned, untrusted key, bad signature, invalid
+                package, duplicate version, too large) or unreachable.
+        """
+        headers = {SIGNATURE_HEADER: base64.b64encode(signature).decode("ascii")}
+        return self._upload("/runtimes", package, headers=headers, progress=progress)
+
+    def delete_runtime(self, name: str, version: str) -> None:
+        self.request("DELETE", f"/runtimes/{_segment(name)}/{_segment(version)}")
+
+    def delete_unused_runtimes(self) -> list[str]:
+        """Delete every runtime version no release uses; the deleted ``name version``s."""
+        return self.request("POST", "/runtimes/delete-unused")["deleted"]  # type: ignore[no-any-return]
+
+    def trust_signing_key(self, name: str, public_key: str) -> dict[str, Any]:
+        """Make the portal accept packages signed by ``public_key`` (``ed25519:...``)."""
+        return self.request(  # type: ignore[no-any-return]
+            "POST", "/signing-keys", json={"name": name, "public_key": public_key}
+        )
+
+    def portal_key(self) -> dict[str, Any]:
+        """The portal's public key for encrypted bundles: ``fingerprint``, ``public_pem``."""
+        return self.request("GET", "/portal-key")  # type: ignore[no-any-return]
+
+    # -- apps ----------------------------------------------------------------------------
+
+    def publish_bundle(
+        self,
+        bundle: str | os.PathLike[str],
+        *,
+        hide_previous: bool = False,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Publish an app bundle, streamed from its file; the new release.
+
+        Raises:
+            PortalClientError: refused (invalid bundle, no matching runtime, duplicate
+                version, no right, too large) or unreachable.
+        """
+        params = {"hide_previous": "true"} if hide_previous else None
+        return self._upload("/apps", bundle, params=params, progress=progress)
+
+    def list_apps(self) -> list[dict[str, Any]]:
+        """The catalogue: the apps the caller may read."""
+        return self.request("GET", "/apps")  # type: ignore[no-any-return]
+
+    def list_releases(self, name: str) -> list[dict[str, Any]]:
+        """The app's releases, newest first."""
+        return self.request("GET", f"/apps/{_segment(name)}/releases")  # type: ignore[no-any-return]
+
+    def set_latest(self, name: str, version: str) -> dict[str, Any]:
+        """Move the app's ``latest`` tag to ``version`` (roll back or forward)."""
+        return self.request(  # type: ignore[no-any-return]
+            "PUT", f"/apps/{_segment(name)}/latest", json={"version": version}
+        )
+
+    def set_grant(
+        self, name: str, *, principal_type: str, principal_name: str, right: str, effect: str
+    ) -> dict[str, Any]:
+        """Allow or deny ``right`` on the app to a user or group."""
+        body = {
+            "principal_type": principal_type,
+            "principal_name": principal_name,
+            "right": right,
+            "effect": effect,
+        }
+        return self.request(  # type: ignore[no-any-return]
+            "POST", f"/apps/{_segment(name)}/access", json=body
+        )
+
+    def explain_rights(self, name: str, username: str) -> dict[str, Any]:
+        """A user's effective rights on the app and which grant decided each."""
+        return self.request(  # type: ignore[no-any-return]
+            "GET", f"/apps/{_segment(name)}/access/effective", params={"user": username}
+        )
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _upload(
+        self,
+        path: str,
+        file: str | os.PathLike[str],
+        *,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """POST the file at ``file`` as the raw request body, streamed, with its length.
+
+        Raises:
+            PortalClientError: the file cannot be read (code ``unreadable``), or the
+                portal refused the upload or could not be reached.
+        """
+        try:
+            stream = open(file, "rb")  # noqa: SIM115 (closed below, after the request)
+        except OSError as exc:
+            raise PortalClientError(
+                0, "unreadable", f"Cannot read {file}: {exc.strerror or exc}."
+            ) from exc
+        with stream:
+            size = os.fstat(stream.fileno()).st_size
+            headers = {
+                **(headers or {}),
+                "Content-Type": "application/octet-stream",
+                # the length is known, so the body is not sent chunked: the portal can
+                # refuse an oversized upload before reading it
+                "Content-Length": str(size),
+            }
+            timeout = httpx.Timeout(DEFAULT_TIMEOUT, read=UPLOAD_ANSWER_TIMEOUT)
+            return self.request(  # type: ignore[no-any-return]
+                "POST",
+                path,
+                content=_chunks(stream, size, progress),
+                headers=headers,
+                params=params,
+                timeout=timeout,
+            )
+
     def _all(self, path: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Every item of a paginated list."""
         items: list[dict[str, Any]] = []
@@ -170,3 +326,22 @@ class PortalClient:
             offset += len(page["items"])
             if not page["items"] or offset >= page["total"]:
                 return items
+
+
+def _segment(value: str) -> str:
+    """``value`` as one path segment: a name cannot reach another route."""
+    return quote(value, safe="")
+
+
+def _chunks(stream: BinaryIO, size: int, progress: Progress | None) -> Iterator[bytes]:
+    """The rest of ``stream`` in chunks of :data:`UPLOAD_CHUNK_SIZE`, reporting progress.
+
+    httpx asks for the next chunk only when the last one is sent, so only one chunk at
+    a time is in memory.
+    """
+    sent = 0
+    while chunk := stream.read(UPLOAD_CHUNK_SIZE):
+        sent += len(chunk)
+        yield chunk
+        if progress is not None:
+            progress(sent, size)

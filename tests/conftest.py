@@ -29,7 +29,6 @@ from tests.helpers import PASSWORD, USE_SQLITE, migrated_database
 pytest_plugins = ["tests.servers"]
 
 
-
 def pytest_configure(config: pytest.Config) -> None:
     # the demo content downloads wheels from PyPI: only the tests about it turn it on
     os.environ.setdefault("AIMMS_PORTAL_DEMO", "false")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
@@ -24,6 +27,15 @@ PG_ADMIN_URL = os.environ.get(
     "AIMMS_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 )
 USE_SQLITE = os.environ.get("AIMMS_TEST_DB", "postgresql") == "sqlite"
+
+T = TypeVar("T")
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` in a thread of its own: Playwright's sync API keeps a loop
+    running on the main thread once a browser test has run in this process."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 @contextlib.contextmanager

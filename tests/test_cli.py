@@ -518,7 +518,7 @@ def test_console_script_shows_its_commands():
     result = run_console_script("--help")
 
     assert result.returncode == 0, result.stderr
-    for command in ("run", "db", "admin", "login", "whoami", "tokens"):
+    for command in ("run", "db", "admin", "login", "whoami", "tokens", "runtime", "app"):
         assert re.search(rf"│ {command}\b", result.stdout), result.stdout
 
 

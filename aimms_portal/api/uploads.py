@@ -27,4 +27,8 @@ async def with_request_body(request: Request, fn: Callable[..., T], **kwargs: An
     if declared and declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"The upload ({declared} bytes) exceeds the limit of {limit} bytes.")
     reader = AsyncChunkReader(request.stream(), asyncio.get_running_loop())
-    return await run_blocking(fn, source=reader, **kwargs)
+    try:
+        return await run_blocking(fn, source=reader, **kwargs)
+    finally:
+        # a service that refused the body early leaves a read-ahead waiting for more
+        reader.close()

@@ -10,7 +10,7 @@ from aimms_portal.auth.access import RightDecision, app_rights
 from aimms_portal.errors import InvalidInput, NotFound
 from aimms_portal.models import AppGrant, AppRight, Group, User
 from aimms_portal.services import accounts, audit
-from aimms_portal.services.apps import app_with_right
+from aimms_portal.services.apps import app_with_right, needing_read
 
 PRINCIPAL_TYPES = ("user", "group")
 EFFECTS = ("allow", "deny")
@@ -161,4 +161,4 @@ def explain_rights(
         raise InvalidInput(f"There is no user called {username[:64]!r}.", code="unknown_user")
     grants = list(session.exec(select(AppGrant).where(AppGrant.app_id == app.id)).all())
     group_ids = [g.id or 0 for g in accounts.groups_of(session, user=target)]
-    return target, app_rights(target, grants, group_ids, _names(session, grants))
+    return target, needing_read(app_rights(target, grants, group_ids, _names(session, grants)))

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -23,7 +22,7 @@ from aimms_portal.config import get_settings
 from aimms_portal.db import session_scope
 from aimms_portal.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from aimms_portal.models import App, AppGrant, AppRight, Release, RuntimeVersion, User, utcnow
-from aimms_portal.packages import AppManifest, encryption, inspect_bundle
+from aimms_portal.packages import AppManifest, RuntimeRequirement, encryption, inspect_bundle
 from aimms_portal.services import accounts, audit
 from aimms_portal.services.portal_keys import private_key_for
 from aimms_portal.services.uploads import Spool
@@ -64,7 +63,10 @@ class AppView:
 def rights_on(
     session: Session, user: User, apps: Iterable[App]
 ) -> dict[int, dict[str, RightDecision]]:
-    """The rights of ``user`` on each of ``apps``, by app id, with one query for grants."""
+    """The rights of ``user`` on each of ``apps``, by app id, with one query for grants.
+
+    Write and run count only together with read (see :func:`needing_read`).
+    """
     apps = list(apps)
     if not apps:
         return {}
@@ -75,7 +77,24 @@ def rights_on(
     by_app: dict[int, list[AppGrant]] = {}
     for grant in grants:
         by_app.setdefault(grant.app_id, []).append(grant)
-    return {a.id or 0: app_rights(user, by_app.get(a.id or 0, []), group_ids) for a in apps}
+    return {
+        a.id or 0: needing_read(app_rights(user, by_app.get(a.id or 0, []), group_ids))
+        for a in apps
+    }
+
+
+def needing_read(decisions: dict[str, RightDecision]) -> dict[str, RightDecision]:
+    """``decisions`` with write and run refused where read is: an app a user may not
+    see does not exist for them, whatever else was granted (so it cannot be probed)."""
+    read = decisions[AppRight.read.value]
+    if read.allowed:
+        return decisions
+    return {
+        right: decision
+        if right == AppRight.read.value or not decision.allowed
+        else RightDecision(right, False, f"no read right ({read.reason})", read.grant_id)
+        for right, decision in decisions.items()
+    }
 
 
 def app_with_right(session: Session, actor: User, name: str, right: AppRight) -> tuple[App, dict]:
@@ -171,7 +190,7 @@ def publish_bundle(
                     "raise the version in app.json.",
                     code="duplicate_version",
                 )
-            runtime = _matching_runtime(session, manifest.runtime.name, manifest.runtime.version)
+            runtime = _matching_runtime(session, manifest.runtime)
 
             icon_key = None
             if inspected.icon is not None and inspected.icon_type is not None:
@@ -234,10 +253,12 @@ def _grant_publisher(session: Session, app: App, actor: User) -> None:
         )
 
 
-def _matching_runtime(session: Session, name: str, spec: str) -> RuntimeVersion:
+def _matching_runtime(session: Session, requirement: RuntimeRequirement) -> RuntimeVersion:
+    name, spec = requirement.name, requirement.version
     candidates = session.exec(select(RuntimeVersion).where(RuntimeVersion.name == name)).all()
-    specifier = SpecifierSet(spec)
-    matching = [r for r in candidates if Version(r.version) in specifier]
+    # the requirement's own test, not `in SpecifierSet`: packaging lets pre-releases
+    # through that the specifier does not name
+    matching = [r for r in candidates if requirement.allows(r.name, r.version)]
     if not matching:
         have = ", ".join(sorted(r.version for r in candidates)) or "none"
         raise InvalidInput(
@@ -282,8 +303,10 @@ def _record_release(
     try:
         session.flush()
     except IntegrityError as exc:  # the same version published at the same moment
+        # names from the manifest: the failed flush expired `app`, and loading it again
+        # in a transaction that must roll back would raise instead of this 409
         raise Conflict(
-            f"{app.name} {release.version} is published already.", code="duplicate_version"
+            f"{manifest.name} {manifest.version} is published already.", code="duplicate_version"
         ) from exc
     previous = session.get(Release, app.latest_release_id) if app.latest_release_id else None
     if previous is not None and hide_previous:
@@ -360,6 +383,24 @@ def list_releases(session: Session, *, actor: User, name: str) -> list[Release]:
     if not rights[AppRight.write.value].allowed:
         releases = [r for r in releases if not r.hidden]
     return sorted(releases, key=lambda r: Version(r.version), reverse=True)
+
+
+def runtime_labels(session: Session, releases: Iterable[Release]) -> dict[int, str]:
+    """``name version`` of the runtime version each release runs on, by release id.
+
+    For releases the caller already got through a rights-checked function.
+    """
+    releases = list(releases)
+    wanted = {r.runtime_version_id for r in releases}
+    if not wanted:
+        return {}
+    rows = session.exec(
+        select(RuntimeVersion.id, RuntimeVersion.name, RuntimeVersion.version).where(
+            col(RuntimeVersion.id).in_(wanted)
+        )
+    ).all()
+    labels = {rid: f"{name} {version}" for rid, name, version in rows}
+    return {r.id or 0: labels.get(r.runtime_version_id, "?") for r in releases}
 
 
 def _release_of(session: Session, app: App, version: str) -> Release:

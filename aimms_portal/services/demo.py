@@ -47,7 +47,8 @@ def publish_demo(settings: Settings, *, admin: User, wheel_dir: Path | None = No
     ``wheel_dir`` offers wheels to use instead of downloading them.
 
     Raises:
-        PortalError: building or publishing failed; the message says why.
+        PortalError: building or publishing failed; the message says why. Nothing stays
+            published then (the development key stays trusted, for the next try).
     """
     key_path = settings.data_dir / "development-signing-key.pem"
     private_pem = _development_key(key_path, admin)
@@ -56,13 +57,19 @@ def publish_demo(settings: Settings, *, admin: User, wheel_dir: Path | None = No
         package = folder / "runtime.zip"
         manifest = build_runtime(RUNTIME_DIR, package, wheel_dir=wheel_dir)
         signature = signing.sign_file(private_pem, package)
-        with open(package, "rb") as stream:
-            runtimes.upload_runtime(actor=admin, source=stream, signature=signature.to_json())
-
+        # the app is packed (and so checked) before anything is published
         bundle = folder / "transport.zip"
         app_manifest = pack_app(APP_DIR, bundle)
-        with open(bundle, "rb") as stream:
-            apps.publish_bundle(actor=admin, source=stream)
+
+        with open(package, "rb") as stream:
+            runtimes.upload_runtime(actor=admin, source=stream, signature=signature.to_json())
+        try:
+            with open(bundle, "rb") as stream:
+                apps.publish_bundle(actor=admin, source=stream)
+        except BaseException:
+            # a runtime alone would make wanted() false: the next start would not try again
+            _withdraw_runtime(admin, manifest.name, manifest.version)
+            raise
     with session_scope() as session:
         for right in ("read", "run"):
             app_access.set_grant(
@@ -78,6 +85,15 @@ def publish_demo(settings: Settings, *, admin: User, wheel_dir: Path | None = No
         f"demo published: runtime {manifest.name} {manifest.version}, "
         f"app {app_manifest.name} {app_manifest.version} (everyone may run it)"
     )
+
+
+def _withdraw_runtime(admin: User, name: str, version: str) -> None:
+    """Delete the demo runtime again after the app failed to publish (it has no releases)."""
+    try:
+        with session_scope() as session:
+            runtimes.delete_runtime(session, actor=admin, name=name, version=version)
+    except Exception:  # the publishing error is the one to report; this one is logged
+        logger.exception("could not withdraw the demo runtime %s %s", name, version)
 
 
 def _development_key(path: Path, admin: User) -> bytes:

@@ -159,6 +159,15 @@ def get_runtime(session: Session, *, actor: User, name: str, version: str) -> Ru
     return runtime
 
 
+def show_runtime(session: Session, *, actor: User, name: str, version: str) -> RuntimeUsage:
+    """One runtime version with how many releases run on it."""
+    runtime = get_runtime(session, actor=actor, name=name, version=version)
+    releases = session.exec(
+        select(func.count()).select_from(Release).where(Release.runtime_version_id == runtime.id)
+    ).one()
+    return RuntimeUsage(runtime, releases)
+
+
 def delete_runtime(
     session: Session, *, actor: User, name: str, version: str, source_ip: str = ""
 ) -> None:

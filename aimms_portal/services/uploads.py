@@ -2,9 +2,10 @@
 
 The object goes straight to its final storage key while it streams in (so a large
 upload is sent once, at the speed of the storage), and a copy lands in a temporary
-local folder where the archive can be inspected with random access. Until the caller
-calls :meth:`Spool.keep`, leaving the ``with`` block removes the stored object again,
-so a refused or failed upload leaves nothing behind.
+local folder where the archive can be inspected with random access. Storage that keeps
+objects as local files needs no copy: the stored file itself is inspected. Until the
+caller calls :meth:`Spool.keep`, leaving the ``with`` block removes the stored object
+again, so a refused or failed upload leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Spool:
         self.max_bytes = max_bytes
         self._spool_dir = spool_dir
         self._folder: Path | None = None
+        self._stored_file: Path | None = None
         self._received = False
         self._kept = False
 
@@ -73,20 +75,26 @@ class Spool:
 
     @property
     def path(self) -> Path:
-        """The local copy of what was received."""
+        """A local file of what was received (read it only): the copy, or the stored file."""
         assert self._folder is not None, "use Spool as a context manager"
-        return self._folder / "upload"
+        return self._stored_file or self._folder / "upload"
 
     def receive(self, source: Readable | Iterable[bytes]) -> StoredObject:
-        """Stream ``source`` into storage and the local copy.
+        """Stream ``source`` into storage and, unless storage keeps local files, the copy.
 
         Raises:
             TooLarge: more than ``max_bytes`` arrived (nothing is kept).
             Unavailable: the storage failed (nothing is kept).
         """
-        with open(self.path, "wb") as copy:
-            self._received = True
-            stored = self.storage.put(self.key, _Tee(source, copy), max_bytes=self.max_bytes)
+        self._received = True
+        stored_file = self.storage.local_path(self.key)
+        if stored_file is not None:
+            # writing the same bytes to the same disk twice would halve the throughput
+            stored = self.storage.put(self.key, source, max_bytes=self.max_bytes)
+            self._stored_file = stored_file
+        else:
+            with open(self.path, "wb") as copy:
+                stored = self.storage.put(self.key, _Tee(source, copy), max_bytes=self.max_bytes)
         logger.info("received %s: %d bytes, sha256 %s", self.key, stored.size, stored.sha256[:12])
         return stored
 

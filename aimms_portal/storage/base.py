@@ -12,6 +12,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from aimms_portal.errors import InvalidInput, TooLarge
@@ -169,6 +170,14 @@ class Storage(ABC):
         Raises:
             NotFound: no object under ``key``.
         """
+
+    def local_path(self, key: str) -> Path | None:
+        """The file that holds the object, if this storage keeps objects as local files.
+
+        None for remote storage. The file may only be read: objects are immutable. It
+        lets a caller inspect an object it just stored without a copy of its own.
+        """
+        return None
 
     def iter_chunks(self, key: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
         """The object as a sequence of chunks (for streaming responses)."""

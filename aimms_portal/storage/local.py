@@ -70,6 +70,9 @@ class LocalStorage(Storage):
         logger.debug("stored %s (%d bytes)", key, reader.size)
         return StoredObject(key=key, size=reader.size, sha256=reader.sha256)
 
+    def local_path(self, key: str) -> Path:
+        return self._path(key)
+
     def open(self, key: str) -> BinaryIO:
         try:
             return open(self._path(key), "rb")

@@ -73,3 +73,43 @@ def data_table(
         rx.table.body(rx.foreach(rows, render_row)),
         **props,
     )
+
+
+def size_label(size: int) -> str:
+    """A size for tables: ``812 B``, ``1.4 KiB``, ``210.3 MiB``, ``2.0 GiB``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # pragma: no cover
+
+
+def confirm_dialog(
+    *,
+    open_: Any,
+    on_open_change: Any,
+    title: Any,
+    description: Any,
+    action: str,
+    on_confirm: Any,
+    element_id: str,
+) -> rx.Component:
+    """A dialog that asks before something that cannot be undone."""
+    return rx.alert_dialog.root(
+        rx.alert_dialog.content(
+            rx.alert_dialog.title(title),
+            rx.alert_dialog.description(description, size="2"),
+            rx.hstack(
+                rx.alert_dialog.cancel(rx.button("Cancel", variant="soft", color_scheme="gray")),
+                rx.alert_dialog.action(
+                    rx.button(action, color_scheme="red", on_click=on_confirm, id=element_id)
+                ),
+                justify="end",
+                spacing="3",
+                margin_top="1em",
+            ),
+        ),
+        open=open_,
+        on_open_change=on_open_change,
+    )

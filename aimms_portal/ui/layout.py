@@ -73,7 +73,8 @@ def shell(title: str, *children: rx.Component) -> rx.Component:
     """A signed-on page: header with navigation and user menu, then the page content.
 
     Nothing is rendered until the server has confirmed the log-on, so a page never
-    flashes content to someone who is about to be sent to the log-on page.
+    flashes content to someone who is about to be sent to the log-on page. A page that
+    draws its own heading passes an empty ``title``.
     """
     return rx.cond(
         SessionState.signed_on,
@@ -89,7 +90,7 @@ def shell(title: str, *children: rx.Component) -> rx.Component:
                 spacing="5",
             ),
             rx.box(
-                rx.heading(title, size="7", margin_bottom="0.75em"),
+                *([rx.heading(title, size="7", margin_bottom="0.75em")] if title else []),
                 *children,
                 padding="1.5em",
                 max_width="1200px",

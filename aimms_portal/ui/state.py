@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from http.cookies import SimpleCookie
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import reflex as rx
 
@@ -63,27 +63,13 @@ class SessionState(rx.State):
     def is_publisher(self) -> bool:
         return self.role in ("admin", "publisher")
 
-    def _session_secret(self) -> str | None:
-        raw = self.router.headers.cookie or ""
-        cookie: SimpleCookie = SimpleCookie()
-        try:
-            cookie.load(raw)
-        except Exception:  # a malformed Cookie header is the client's problem
-            return None
-        morsel = cookie.get(SESSION_COOKIE)
-        return morsel.value if morsel else None
-
     async def current_user(self) -> User:
         """The signed-on user, checked against the database now.
 
         Raises:
             NotAuthenticated: no cookie, or its log-on ended or was revoked.
         """
-        secret = self._session_secret()
-        if not secret:
-            raise NotAuthenticated("Please log on.")
-        caller = await call_service(auth.caller_from_session, session_secret=secret)
-        return caller.user
+        return await _user_of_tab(self)
 
     def _forget(self) -> None:
         self.user_id, self.username, self.full_name, self.role = 0, "", "", ""
@@ -105,8 +91,9 @@ class SessionState(rx.State):
         return None
 
     def _page_loaders(self) -> list[Any]:
-        route = "/" + (self.router.route_id or "").strip("/")
-        return PAGE_LOADERS.get(route, [])
+        route = (self.router.route_id or "").strip("/")
+        # Reflex names the start page's route "index"
+        return PAGE_LOADERS.get("/" + ("" if route == "index" else route), [])
 
     @rx.event
     async def check_login(self) -> Any:
@@ -122,6 +109,50 @@ class SessionState(rx.State):
         if self.role != "admin":
             return [rx.redirect("/"), rx.toast.error("That page is for admins.")]
         return self._page_loaders()
+
+    @rx.event
+    async def check_publisher(self) -> Any:
+        """Page guard for publishers' pages (admins too): others go back to the start page."""
+        away = await self._confirm()
+        if away is not None:
+            return away
+        if self.role not in ("admin", "publisher"):
+            return [rx.redirect("/"), rx.toast.error("That page is for publishers.")]
+        return self._page_loaders()
+
+
+def _session_secret(raw_cookie: str) -> str | None:
+    cookie: SimpleCookie = SimpleCookie()
+    try:
+        cookie.load(raw_cookie)
+    except Exception:  # a malformed Cookie header is the client's problem
+        return None
+    morsel = cookie.get(SESSION_COOKIE)
+    return morsel.value if morsel else None
+
+
+async def _user_of_tab(state: rx.State) -> User:
+    # the router belongs to the tab's root state: any state (or background proxy) reads it
+    secret = _session_secret(state.router.headers.cookie or "")
+    if not secret:
+        raise NotAuthenticated("Please log on.")
+    caller = await call_service(auth.caller_from_session, session_secret=secret)
+    return caller.user
+
+
+async def background_actor(state: rx.State) -> User:
+    """The signed-on user behind a background event, checked against the database now.
+
+    Background handlers must not hold their state's lock during a database call, and
+    :func:`actor_of` needs it (``get_state``); this reads the tab's log-on cookie
+    without it.
+    """
+    return await _user_of_tab(state)
+
+
+def path_segments(state: rx.State) -> list[str]:
+    """The decoded segments of the tab's current URL path, e.g. ``["apps", "demo"]``."""
+    return [unquote(part) for part in (state.router.url.path or "").split("/") if part]
 
 
 async def actor_of(state: rx.State) -> User:

@@ -33,6 +33,8 @@ class Portal:
     admin_username: str
     admin_password: str
     log: Path
+    #: The folder the portal runs in (Reflex's public ``uploaded_files`` would be here).
+    project: Path
 
 
 def _free_port() -> int:
@@ -133,7 +135,13 @@ def _serve(tmp_path: Path, database_url: str) -> Iterator[Portal]:
         )
     try:
         _wait_until_ready(url, process, log)
-        yield Portal(url=url, admin_username="admin", admin_password=ADMIN_PASSWORD, log=log)
+        yield Portal(
+            url=url,
+            admin_username="admin",
+            admin_password=ADMIN_PASSWORD,
+            log=log,
+            project=project,
+        )
     finally:
         # the server runs in its own process group: stop the group, workers included
         try:

@@ -2,54 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import re
-import urllib.error
-import urllib.request
 
 import pytest
 from playwright.sync_api import Page, expect
 
-from aimms_portal.client import PortalClient
 from tests.ui.conftest import Portal
+from tests.ui.helpers import TIMEOUT, create_user, get_json, log_on
 
 pytestmark = pytest.mark.browser
 
-TIMEOUT = 20_000
 expect.set_options(timeout=TIMEOUT)
-
-
-def _log_on(page: Page, portal: Portal, username: str, password: str) -> None:
-    page.goto(f"{portal.url}/login")
-    page.fill("#login-username", username)
-    page.fill("#login-password", password)
-    page.click("#login-submit")
-    expect(page.locator("#main-nav")).to_be_visible(timeout=TIMEOUT)
-
-
-def _get_me(portal: Portal, token: str) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        f"{portal.url}/api/v1/me", headers={"Authorization": f"Bearer {token}"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
-
-
-def _create_user(portal: Portal, username: str, password: str) -> None:
-    """Create a user through the portal's REST API, as its admin."""
-    with PortalClient(portal.url) as client:
-        created = client.log_on_for_token(
-            portal.admin_username,
-            portal.admin_password,
-            token_name="test setup",
-            scopes=["read", "write"],
-            expires_in_days=1,
-        )
-    with PortalClient(portal.url, created["token"]) as admin:
-        admin.request("POST", "/users", json={"username": username, "password": password})
 
 
 def test_admin_creates_user_and_token_then_logs_off(page: Page, portal: Portal) -> None:
@@ -65,7 +28,7 @@ def test_admin_creates_user_and_token_then_logs_off(page: Page, portal: Portal) 
     page.click("#login-submit")
     expect(page.locator("#login-error")).to_have_text("Wrong user name or password.")
 
-    _log_on(page, portal, portal.admin_username, portal.admin_password)
+    log_on(page, portal, portal.admin_username, portal.admin_password)
     nav = page.locator("#main-nav")
     for area in ("Apps", "Jobs", "Sessions", "Runtimes", "Admin", "Operator"):
         expect(nav.get_by_text(area, exact=True)).to_be_visible()
@@ -92,7 +55,7 @@ def test_admin_creates_user_and_token_then_logs_off(page: Page, portal: Portal) 
     token_field = page.locator("#new-token")
     expect(token_field).to_have_value(re.compile(r"^apt_"))
     token = token_field.input_value()
-    status, me = _get_me(portal, token)
+    status, me = get_json(portal, "/me", token)
     assert status == 200 and me["username"] == "admin" and me["auth"] == "token"
     page.click("#token-done")
     expect(page.locator("#new-token")).to_have_count(0)
@@ -116,8 +79,8 @@ def test_admin_creates_user_and_token_then_logs_off(page: Page, portal: Portal) 
 
 def test_plain_user_sees_no_admin_areas(page: Page, portal: Portal) -> None:
     page.set_default_timeout(TIMEOUT)
-    _create_user(portal, "erin", "Erin-password-2024")
-    _log_on(page, portal, "erin", "Erin-password-2024")
+    create_user(portal, "erin", "Erin-password-2024")
+    log_on(page, portal, "erin", "Erin-password-2024")
     nav = page.locator("#main-nav")
     expect(nav.get_by_text("Apps", exact=True)).to_be_visible()
     for area in ("Admin", "Operator", "Runtimes"):
@@ -132,14 +95,14 @@ def test_plain_user_sees_no_admin_areas(page: Page, portal: Portal) -> None:
 
 def test_admin_manages_roles_groups_and_access(page: Page, portal: Portal, browser) -> None:
     page.set_default_timeout(TIMEOUT)
-    _create_user(portal, "fred", "Fred-password-2024")
+    create_user(portal, "fred", "Fred-password-2024")
 
     # fred works in a browser of his own
     fred = browser.new_context().new_page()
     fred.set_default_timeout(TIMEOUT)
-    _log_on(fred, portal, "fred", "Fred-password-2024")
+    log_on(fred, portal, "fred", "Fred-password-2024")
 
-    _log_on(page, portal, portal.admin_username, portal.admin_password)
+    log_on(page, portal, portal.admin_username, portal.admin_password)
     page.goto(f"{portal.url}/admin/users")
     row = page.locator("#user-row-fred")
 
@@ -176,7 +139,7 @@ def test_admin_manages_roles_groups_and_access(page: Page, portal: Portal, brows
     expect(page.get_by_text("New password set for fred")).to_be_visible()
     fred.goto(f"{portal.url}/account")
     expect(fred).to_have_url(re.compile(r"/login"))
-    _log_on(fred, portal, "fred", "Fred-new-password-77")
+    log_on(fred, portal, "fred", "Fred-new-password-77")
 
     # disable: fred is out at his next click, and cannot log on again
     row.get_by_role("button", name="Disable").click()
@@ -201,17 +164,17 @@ def test_admin_manages_roles_groups_and_access(page: Page, portal: Portal, brows
 
 def test_token_revoked_in_the_browser_stops_working(page: Page, portal: Portal) -> None:
     page.set_default_timeout(TIMEOUT)
-    _create_user(portal, "gina", "Gina-password-2024")
-    _log_on(page, portal, "gina", "Gina-password-2024")
+    create_user(portal, "gina", "Gina-password-2024")
+    log_on(page, portal, "gina", "Gina-password-2024")
     page.goto(f"{portal.url}/tokens")
     page.fill("#token-name", "to revoke")
     page.click("#token-create")
     expect(page.locator("#new-token")).to_have_value(re.compile(r"^apt_"))
     token = page.locator("#new-token").input_value()
-    assert _get_me(portal, token)[0] == 200
+    assert get_json(portal, "/me", token)[0] == 200
 
     page.locator("#tokens-table").get_by_role("button", name="Revoke").click()
     expect(page.get_by_text("Token revoked.")).to_be_visible()
     expect(page.get_by_text("You have no active tokens.")).to_be_visible()
-    status, body = _get_me(portal, token)
+    status, body = get_json(portal, "/me", token)
     assert status == 401 and body["error"]["code"] == "token_revoked"

@@ -55,11 +55,19 @@ async def upload_runtime(
         Header(
             alias=SIGNATURE_HEADER,
             max_length=8192,
-            description="The package's .sig file, base64-encoded.",
+            description="The package's .sig file, base64-encoded (unsigned packages are refused).",
         ),
-    ],
+    ] = "",
 ) -> RuntimePublic:
     """Upload a runtime package as the request body; its signature goes in a header."""
+    if not signature.strip():
+        # refused like any unsigned package (code `unsigned`), not as a malformed request,
+        # and before a byte of the body is read
+        raise InvalidInput(
+            f"The package is not signed: send its .sig file, base64-encoded, in the "
+            f"{SIGNATURE_HEADER} header.",
+            code="unsigned",
+        )
     try:
         signature_json = base64.b64decode(signature, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -78,10 +86,10 @@ async def upload_runtime(
 
 @router.get("/{name}/{version}", response_model=RuntimePublic)
 def read_runtime(name: str, version: str, caller: CallerDep) -> RuntimePublic:
-    """One runtime version."""
+    """One runtime version with the number of releases that run on it."""
     with session_scope() as session:
-        runtime = runtimes.get_runtime(session, actor=caller.user, name=name, version=version)
-        return _public(runtime)
+        usage = runtimes.show_runtime(session, actor=caller.user, name=name, version=version)
+        return _public(usage.runtime, usage.releases)
 
 
 @router.delete("/{name}/{version}", status_code=status.HTTP_204_NO_CONTENT)

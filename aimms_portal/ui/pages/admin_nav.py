@@ -7,6 +7,7 @@ import reflex as rx
 _TABS = [
     ("users", "Users", "/admin/users"),
     ("groups", "Groups", "/admin/groups"),
+    ("keys", "Signing keys", "/admin/keys"),
     ("audit", "Audit log", "/admin/audit"),
 ]
 

@@ -7,14 +7,6 @@ import reflex as rx
 from aimms_portal.ui.layout import not_built
 
 
-def apps_page() -> rx.Component:
-    return not_built(
-        "Apps",
-        "The catalogue of apps you may run will be listed here.",
-        "publishing (runtime versions, app bundles and releases)",
-    )
-
-
 def jobs_page() -> rx.Component:
     return not_built("Jobs", "Your solve jobs and their logs will be listed here.", "solve jobs")
 
@@ -24,12 +16,6 @@ def sessions_page() -> rx.Component:
         "Sessions",
         "Your WebUI and desktop client sessions will be listed here.",
         "data sessions",
-    )
-
-
-def runtimes_page() -> rx.Component:
-    return not_built(
-        "Runtimes", "Signed runtime versions will be uploaded and listed here.", "publishing"
     )
 
 
