@@ -81,6 +81,72 @@ class Settings(BaseSettings):
     browser_session_hours: int = Field(
         12, ge=1, le=24 * 30, description="Lifetime of a browser log-on."
     )
+    runner_portal_url: str = Field(
+        "",
+        description=(
+            "Address at which session runners reach the portal's REST API. Empty: "
+            "`http://127.0.0.1:<port>` (right for the local launcher)."
+        ),
+    )
+    sessions_dir: Path | None = Field(
+        None,
+        description=(
+            "Folder of the local launcher's session working folders. Unset: `sessions` "
+            "in `data_dir`."
+        ),
+    )
+    runtime_cache_dir: Path | None = Field(
+        None,
+        description=(
+            "Folder where local sessions keep prepared runtime environments and unpacked "
+            "bundles, by digest. Unset: `runtime-cache` in `data_dir`."
+        ),
+    )
+    max_solve_sessions: int = Field(
+        4, ge=1, description="Solve sessions the launcher may run at once (jobs in progress)."
+    )
+    max_jobs_per_user: int = Field(
+        2, ge=1, description="Jobs of one user that may be in progress at once."
+    )
+    max_jobs_per_app: int = Field(
+        4, ge=1, description="Jobs of one app that may be in progress at once."
+    )
+    job_max_attempts: int = Field(
+        3, ge=1, le=20, description="Attempts a job gets before a lost session fails it."
+    )
+    job_lease_seconds: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "A running job whose session has not heartbeat for this long counts as lost "
+            "and goes back to the queue (detected within about this plus one second)."
+        ),
+    )
+    heartbeat_seconds: float = Field(
+        2.0, gt=0, description="How often runners heartbeat; well below the lease."
+    )
+    job_default_time_limit_s: int = Field(
+        3600, ge=1, description="Time limit of a job whose release names none."
+    )
+    job_max_time_limit_s: int = Field(
+        24 * 3600, ge=1, description="The longest time limit anyone but an admin may ask for."
+    )
+    solve_idle_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="How long a solve session waits for another job of its release and user.",
+    )
+    session_start_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description=(
+            "A session that is not ready this long after its start is stopped and counts "
+            "as failed (the first start of a runtime builds its environment)."
+        ),
+    )
+    job_log_max_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Log kept per job attempt; the rest is cut off."
+    )
     log_level: str = Field("INFO", description="Level of the portal's own loggers.")
     log_format: Literal["text", "json"] = Field(
         "text", description="`json` writes one JSON object per log record."
@@ -134,6 +200,18 @@ class Settings(BaseSettings):
         if self.storage_url:
             return self.storage_url
         return (self.data_dir / "storage").resolve().as_uri()
+
+    @property
+    def resolved_sessions_dir(self) -> Path:
+        return (self.sessions_dir or self.data_dir / "sessions").resolve()
+
+    @property
+    def resolved_runtime_cache_dir(self) -> Path:
+        return (self.runtime_cache_dir or self.data_dir / "runtime-cache").resolve()
+
+    @property
+    def resolved_runner_portal_url(self) -> str:
+        return (self.runner_portal_url or f"http://127.0.0.1:{self.port}").rstrip("/")
 
     @property
     def secure_cookies(self) -> bool:

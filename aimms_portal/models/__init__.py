@@ -8,6 +8,22 @@ from aimms_portal.models.accounts import EVERYONE, Group, Membership, Role, User
 from aimms_portal.models.audit import AuditEvent
 from aimms_portal.models.auth import ApiToken, BrowserSession
 from aimms_portal.models.base import utcnow
+from aimms_portal.models.jobs import (
+    ACTIVE_STATES,
+    ENDED_SESSION_STATES,
+    FINISHED_STATES,
+    AppSession,
+    Case,
+    CaseKind,
+    HookDelivery,
+    Job,
+    JobLogChunk,
+    JobState,
+    LeaderLease,
+    SessionEvent,
+    SessionKind,
+    SessionState,
+)
 from aimms_portal.models.publishing import (
     App,
     AppGrant,
@@ -19,6 +35,20 @@ from aimms_portal.models.publishing import (
 )
 
 __all__ = [
+    "ACTIVE_STATES",
+    "ENDED_SESSION_STATES",
+    "FINISHED_STATES",
+    "AppSession",
+    "Case",
+    "CaseKind",
+    "HookDelivery",
+    "Job",
+    "JobLogChunk",
+    "JobState",
+    "LeaderLease",
+    "SessionEvent",
+    "SessionKind",
+    "SessionState",
     "EVERYONE",
     "ApiToken",
     "App",
