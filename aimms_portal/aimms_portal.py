@@ -12,7 +12,9 @@ from aimms_portal.config import get_settings
 from aimms_portal.db import session_scope
 from aimms_portal.errors import PortalError
 from aimms_portal.logs import configure_logging
-from aimms_portal.services import audit
+from aimms_portal.launchers import get_launcher
+from aimms_portal.scheduler.service import Scheduler
+from aimms_portal.services import audit, jobs
 from aimms_portal.ui.pages import (
     account,
     admin_audit,
@@ -57,8 +59,28 @@ def _purge(days: int) -> None:
         audit.purge_expired(session, retention_days=days)
 
 
+def _purge_jobs() -> None:
+    with session_scope() as session:
+        jobs.purge_finished(session, retention_days=get_settings().retention_days)
+
+
+async def run_scheduler() -> None:
+    """This process's scheduler (leader-elected: one process of the portal dispatches).
+
+    Stopping the portal gives the leadership up at once; running sessions go on and are
+    adopted by the next leader.
+    """
+    scheduler = Scheduler(get_launcher(), get_settings(), maintenance=_purge_jobs)
+    scheduler.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await asyncio.to_thread(scheduler.stop)
+
+
 app = rx.App(api_transformer=create_api())
 app.register_lifespan_task(enforce_retention)
+app.register_lifespan_task(run_scheduler)
 
 app.add_page(login.login_page, route="/login", title="Log on · aimms portal")
 

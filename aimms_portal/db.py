@@ -51,6 +51,7 @@ def make_engine(url: str, *, pooled: bool = True) -> Engine:
     engine = create_engine(url, **kwargs)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
@@ -61,6 +62,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+    # the driver would open transactions lazily and as readers; we begin them ourselves
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin(connection: Any) -> None:
+    # Every unit of work takes SQLite's write lock when it begins, so units of work run
+    # one after another: the serialized equivalent of PostgreSQL's row locks (claiming a
+    # job, fencing a stale attempt). A reader that later wants to write can then never
+    # fail with "database is locked" half-way; units of work are short, so the wait is too.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 @functools.cache

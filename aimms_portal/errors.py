@@ -68,3 +68,9 @@ class Unavailable(PortalError):
     """A backing service (database, storage) cannot be reached right now."""
 
     code = "unavailable"
+
+
+class Gone(PortalError):
+    """The object has ended for good (e.g. a session that stopped)."""
+
+    code = "gone"

@@ -26,9 +26,12 @@ from aimms_portal.api.routes import (
     apps,
     audit,
     auth,
+    cases,
     groups,
+    jobs,
     me,
     ops,
+    runner,
     runtimes,
     signing_keys,
     tokens,
@@ -38,6 +41,7 @@ from aimms_portal.api.schemas import ErrorBody
 from aimms_portal.db import REPO_ROOT
 from aimms_portal.errors import (
     Conflict,
+    Gone,
     InvalidInput,
     NotAuthenticated,
     NotFound,
@@ -54,6 +58,7 @@ _STATUS: list[tuple[type[PortalError], int]] = [
     (PermissionDenied, 403),
     (NotFound, 404),
     (Conflict, 409),
+    (Gone, 410),
     (TooLarge, 413),
     (InvalidInput, 422),
     (Unavailable, 503),
@@ -203,7 +208,20 @@ def create_api() -> FastAPI:
     )
     routers = [
         module.router
-        for module in (auth, me, users, groups, tokens, audit, signing_keys, runtimes, apps)
+        for module in (
+            auth,
+            me,
+            users,
+            groups,
+            tokens,
+            audit,
+            signing_keys,
+            runtimes,
+            apps,
+            cases,
+            jobs,
+            runner,
+        )
     ]
     routers.append(signing_keys.portal_key_router)
     for router in routers:

@@ -18,7 +18,8 @@ from aimms_portal.config import get_settings
 from aimms_portal.db import session_scope
 from aimms_portal.errors import NotAuthenticated, PermissionDenied
 from aimms_portal.models import Role, User
-from aimms_portal.services import auth
+from aimms_portal.scheduler.lifecycle import SESSION_TOKEN_PREFIX
+from aimms_portal.services import auth, runner_ops
 from aimms_portal.services.auth import Caller
 from aimms_portal.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
@@ -58,9 +59,49 @@ def _effective_user(caller: Caller) -> User:
     return user
 
 
+#: What an app session's token may reach besides the runner's own routes: the calls an
+#: app makes to hand solves over (jobs, cases) and to find its way (apps, me).
+SESSION_TOKEN_ROUTES = ("/api/v1/jobs", "/api/v1/cases", "/api/v1/apps", "/api/v1/me")
+
+
+def _caller_from_session_token(request: Request, token: str) -> Caller:
+    path = request.url.path
+    if not any(path == p or path.startswith(p + "/") for p in SESSION_TOKEN_ROUTES):
+        raise PermissionDenied(
+            "An app session's token may only be used for jobs, cases and apps.",
+            code="session_token_scope",
+        )
+    with session_scope() as session:
+        runner = runner_ops.session_from_token(session, token)
+    caller = Caller(
+        user=runner.owner, scopes=frozenset({"read", "write"}), app_session_id=runner.app_session.id
+    )
+    # an admin's app acts with an admin's rights only where a publisher has them
+    return Caller(
+        user=_effective_user(caller), scopes=caller.scopes, app_session_id=caller.app_session_id
+    )
+
+
+def get_runner(request: Request) -> runner_ops.RunnerSession:
+    """The app session whose runner calls, from its session token; or 401."""
+    token = _bearer(request)
+    if token is None or not token.startswith(SESSION_TOKEN_PREFIX):
+        raise NotAuthenticated(
+            "Send the session's token as 'Authorization: Bearer <token>'.",
+            code="not_authenticated",
+        )
+    with session_scope() as session:
+        return runner_ops.session_from_token(session, token)
+
+
+RunnerDep = Annotated[runner_ops.RunnerSession, Depends(get_runner)]
+
+
 def get_caller(request: Request) -> Caller:
     """The authenticated caller, or 401; checks CSRF and token scopes on the way."""
     token = _bearer(request)
+    if token is not None and token.startswith(SESSION_TOKEN_PREFIX):
+        return _caller_from_session_token(request, token)
     with session_scope() as session:
         if token is not None:
             caller = auth.caller_from_token(session, token)

@@ -7,7 +7,7 @@ services check the same rules again, because the UI calls them directly.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -293,3 +293,96 @@ class LaunchTarget(BaseModel):
     title: str
     webui: bool
     message: str
+
+
+# -- cases -------------------------------------------------------------------------------
+
+
+class CaseOut(BaseModel):
+    id: int
+    name: str
+    kind: str = Field(description="`input`, `output` (written by a job) or `saved`.")
+    owner: str = Field(description="User name of the owner.")
+    app: str | None = Field(description="The app the case is for, if any.")
+    job_id: int | None
+    attempt: int | None = Field(description="The attempt of the job that wrote an output.")
+    size: int = Field(description="Bytes of the content (uncompressed).")
+    stored_size: int = Field(description="Bytes in storage (compressed).")
+    sha256: str = Field(description="SHA-256 of the content (uncompressed).")
+    created_at: datetime
+    content_url: str = Field(description="Where to download the content.")
+
+
+# -- jobs ------------------------------------------------------------------------------
+
+
+class JobCreate(_Strict):
+    app: str = Field(min_length=1, max_length=64)
+    #: A release version; omitted: the release tagged latest.
+    version: str | None = Field(default=None, max_length=64)
+    procedure: str = Field(min_length=1, max_length=64)
+    input_case_id: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    arguments: dict[str, Any] | None = None
+    priority: int = Field(default=0, ge=-100, le=100)
+    time_limit_s: int | None = Field(default=None, ge=1)
+    #: Not before this time (with a time zone); omitted or past: now.
+    start_at: datetime | None = None
+    #: Receives a signed POST on every state change.
+    hook_url: str | None = Field(default=None, max_length=2000)
+
+
+class JobPublic(BaseModel):
+    id: int
+    app: str
+    version: str
+    procedure: str
+    owner: str
+    state: str
+    priority: int
+    attempt: int
+    max_attempts: int
+    time_limit_s: int
+    start_at: datetime | None
+    input_case_id: int | None
+    output_case_id: int | None
+    arguments: dict[str, Any]
+    exit_code: int | None
+    reason: str
+    cancel_requested: bool
+    hook_url: str
+    #: Key of the HMAC-SHA256 signature of the state hooks (only with a hook URL).
+    hook_secret: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+
+class JobsDelete(_Strict):
+    """Which finished jobs to delete: ``ids``, or every finished one matching the filters."""
+
+    ids: list[int] | None = Field(default=None, max_length=10_000)
+    state: str | None = Field(default=None, max_length=16)
+    app: str | None = Field(default=None, max_length=64)
+    all: bool = False
+
+
+class JobsDeleted(BaseModel):
+    deleted: int
+
+
+class LogChunkPublic(BaseModel):
+    id: int
+    attempt: int
+    stream: str
+    text: str
+    at: datetime
+
+
+class JobLogOut(BaseModel):
+    """Log chunks after ``after``; follow by asking again with the last id while ``state``
+    has not finished."""
+
+    chunks: list[LogChunkPublic]
+    state: str
+    finished: bool

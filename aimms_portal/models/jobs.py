@@ -121,12 +121,15 @@ class Job(SQLModel, table=True):
             Integer, ForeignKey("apps.id", ondelete="CASCADE"), nullable=False, index=True
         )
     )
-    # a release with jobs cannot be deleted (the service says so before the key would)
-    release_id: int = Field(
+    # a release in use cannot be deleted (services/apps.py); finished jobs outlive it
+    release_id: int | None = Field(
+        default=None,
         sa_column=Column(
-            Integer, ForeignKey("releases.id", ondelete="RESTRICT"), nullable=False, index=True
-        )
+            Integer, ForeignKey("releases.id", ondelete="SET NULL"), nullable=True, index=True
+        ),
     )
+    #: The release's version, kept for the record when the release is deleted.
+    version: str = Field(default="", max_length=64)
     procedure: str = Field(max_length=64)
     input_case_id: int | None = Field(
         default=None,
@@ -187,11 +190,13 @@ class AppSession(SQLModel, table=True):
             Integer, ForeignKey("apps.id", ondelete="CASCADE"), nullable=False, index=True
         )
     )
-    release_id: int = Field(
+    release_id: int | None = Field(
+        default=None,
         sa_column=Column(
-            Integer, ForeignKey("releases.id", ondelete="RESTRICT"), nullable=False, index=True
-        )
+            Integer, ForeignKey("releases.id", ondelete="SET NULL"), nullable=True, index=True
+        ),
     )
+    version: str = Field(default="", max_length=64)
     state: str = Field(max_length=16, index=True)
     #: The launcher kind that runs it, and the launcher's own name for it.
     launcher: str = Field(max_length=16)

@@ -257,6 +257,29 @@ def encrypt_file(
     return read_header(dst_path)
 
 
+def unwrap_data_key(header: EncryptionHeader, private_pem: bytes) -> bytes:
+    """The data key of an encrypted bundle, unwrapped with the portal's private key.
+
+    Raises:
+        InvalidInput: ``wrong_portal``, ``tampered`` or ``invalid_key`` (see
+            :func:`decrypt_file`).
+    """
+    private = _load_private(private_pem)
+    own = _fingerprint(private.public_key())
+    if header.key != own:
+        raise InvalidInput(
+            f"the bundle is encrypted for another portal (key {header.key[:16]})",
+            code="wrong_portal",
+        )
+    try:
+        data_key = private.decrypt(header.wrapped_key, _oaep())
+    except ValueError:
+        raise _tampered("the data key does not unwrap") from None
+    if len(data_key) != 32:
+        raise _tampered("data key length")
+    return data_key
+
+
 def decrypt_file(
     src_path: str | os.PathLike[str], dst_path: str | os.PathLike[str], private_pem: bytes
 ) -> EncryptionHeader:
@@ -269,22 +292,27 @@ def decrypt_file(
             authentication failure: changed, cut, reordered or appended data, a damaged
             header), ``invalid_key`` (``private_pem`` is no RSA private key).
     """
-    private = _load_private(private_pem)
-    own = _fingerprint(private.public_key())
+    header = read_header(src_path)
+    return decrypt_with_key(src_path, dst_path, unwrap_data_key(header, private_pem))
+
+
+def decrypt_with_key(
+    src_path: str | os.PathLike[str], dst_path: str | os.PathLike[str], data_key: bytes
+) -> EncryptionHeader:
+    """Decrypt an encrypted bundle with its (already unwrapped) data key.
+
+    This is how a session decrypts the bundle it was handed: the portal unwraps the key
+    for it, the private key never leaves the portal. Nothing is left at ``dst_path``
+    unless the whole file decrypted and authenticated.
+
+    Raises:
+        InvalidInput: ``tampered``: any authentication failure, or a wrong data key.
+    """
+    if len(data_key) != 32:
+        raise _tampered("data key length")
+    cipher = AESGCM(data_key)
     with open(src_path, "rb") as source:
         header = read_header(source)
-        if header.key != own:
-            raise InvalidInput(
-                f"the bundle is encrypted for another portal (key {header.key[:16]})",
-                code="wrong_portal",
-            )
-        try:
-            data_key = private.decrypt(header.wrapped_key, _oaep())
-        except ValueError:
-            raise _tampered("the data key does not unwrap") from None
-        if len(data_key) != 32:
-            raise _tampered("data key length")
-        cipher = AESGCM(data_key)
         sealed_size = header.chunk_size + TAG_SIZE
         with _output(dst_path) as out:
             index = 0
@@ -303,5 +331,5 @@ def decrypt_file(
                 if last:
                     break
                 index += 1
-    logger.debug("decrypted a bundle for key %s", own[:16])
+    logger.debug("decrypted a bundle for key %s", header.key[:16])
     return header

@@ -33,7 +33,8 @@ class Caller:
     """Who sent a request, and how they proved it.
 
     ``scopes`` is ``None`` for a browser log-on (the user's full rights) and the token's
-    scopes for an API token. ``session_secret`` is set only for browser log-ons; the
+    scopes for an API token or an app session's token (``read`` and ``write``, never
+    ``admin``). ``session_secret`` is set only for browser log-ons; the
     REST layer derives the CSRF token from it.
     """
 
@@ -41,6 +42,8 @@ class Caller:
     scopes: frozenset[str] | None = None
     token_id: int | None = None
     session_secret: str | None = None
+    #: Set when an app session's token made the call (it acts for the session's owner).
+    app_session_id: int | None = None
 
     @property
     def via_cookie(self) -> bool:

@@ -52,7 +52,8 @@ def upgrade() -> None:
     sa.Column('kind', sa.String(length=8), nullable=False),
     sa.Column('owner_id', sa.Integer(), nullable=False),
     sa.Column('app_id', sa.Integer(), nullable=False),
-    sa.Column('release_id', sa.Integer(), nullable=False),
+    sa.Column('release_id', sa.Integer(), nullable=True),
+    sa.Column('version', sa.String(length=64), nullable=False),
     sa.Column('state', sa.String(length=16), nullable=False),
     sa.Column('launcher', sa.String(length=16), nullable=False),
     sa.Column('handle', sa.String(length=255), nullable=False),
@@ -70,7 +71,7 @@ def upgrade() -> None:
     sa.Column('ended_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['app_id'], ['apps.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['owner_id'], ['users.id'], ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['release_id'], ['releases.id'], ondelete='RESTRICT'),
+    sa.ForeignKeyConstraint(['release_id'], ['releases.id'], ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id')
     )
     op.create_index(op.f('ix_app_sessions_app_id'), 'app_sessions', ['app_id'], unique=False)
@@ -83,7 +84,8 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('owner_id', sa.Integer(), nullable=False),
     sa.Column('app_id', sa.Integer(), nullable=False),
-    sa.Column('release_id', sa.Integer(), nullable=False),
+    sa.Column('release_id', sa.Integer(), nullable=True),
+    sa.Column('version', sa.String(length=64), nullable=False),
     sa.Column('procedure', sa.String(length=64), nullable=False),
     sa.Column('input_case_id', sa.Integer(), nullable=True),
     sa.Column('output_case_id', sa.Integer(), nullable=True),
@@ -108,7 +110,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['input_case_id'], ['cases.id'], ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['output_case_id'], ['cases.id'], ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['owner_id'], ['users.id'], ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['release_id'], ['releases.id'], ondelete='RESTRICT'),
+    sa.ForeignKeyConstraint(['release_id'], ['releases.id'], ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['session_id'], ['app_sessions.id'], ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id')
     )

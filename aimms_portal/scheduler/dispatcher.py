@@ -1,0 +1,249 @@
+"""Dispatch: give queued jobs a solve session, warm or new, within the capacity limits.
+
+Runs only in the leader (see :mod:`aimms_portal.scheduler.service`). One round:
+
+1. scheduled jobs whose time has come join the queue;
+2. the head of the queue is walked in order; each job the per-user and per-app limits
+   admit goes to an idle (warm) session of its release and user, or else to a new
+   session while the session limit allows; when the limit is reached by idle sessions
+   of other releases, the longest idle of them is stopped to make room;
+3. after the unit of work has committed, new sessions are started by the launcher.
+
+A crash between 2 and 3 leaves sessions in ``pending`` without a handle; the reaper
+finds them (adopting any that the launcher did start) and puts their jobs back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlmodel import Session, col, select
+
+from aimms_portal.config import Settings
+from aimms_portal.db import session_scope
+from aimms_portal.launchers import Launcher, LauncherError, SessionSpec
+from aimms_portal.models import (
+    AppSession,
+    Job,
+    JobState,
+    Release,
+    SessionKind,
+    SessionState,
+)
+from aimms_portal.scheduler import lifecycle
+from aimms_portal.scheduler.queue import (
+    Limits,
+    assign,
+    current_load,
+    promote_due,
+    queued_candidates,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable naming the folder where local sessions cache runtimes.
+ENV_RUNTIME_CACHE = "AIMMS_PORTAL_RUNTIME_CACHE"
+
+
+@dataclass(frozen=True)
+class _Start:
+    session_id: int
+    spec: SessionSpec
+
+
+def session_spec(
+    settings: Settings, app_session: AppSession, token: str, release: Release, launcher: Launcher
+) -> SessionSpec:
+    """What the launcher needs to start ``app_session`` (resource hints from the release)."""
+    resources = json.loads(release.manifest).get("resources") or {}
+    limit = resources.get("time_limit_s") or settings.job_default_time_limit_s
+    extra = {}
+    if launcher.kind == "local":
+        extra[ENV_RUNTIME_CACHE] = str(settings.resolved_runtime_cache_dir)
+    return SessionSpec(
+        session_id=app_session.id or 0,
+        kind=app_session.kind,
+        portal_url=settings.resolved_runner_portal_url,
+        token=token,
+        cpu=resources.get("cpu"),
+        memory_mb=resources.get("memory_mb"),
+        # a backstop per process: the runner itself enforces each job's wall-clock limit
+        cpu_time_s=max(limit, settings.job_max_time_limit_s)
+        if app_session.kind == "solve"
+        else None,
+        extra_env=extra,
+    )
+
+
+def dispatch_once(launcher: Launcher, settings: Settings) -> int:
+    """One dispatch round; returns how many jobs were handed to a session."""
+    limits = Limits.from_settings(settings)
+    lease = timedelta(seconds=settings.job_lease_seconds)
+    starts: list[_Start] = []
+    to_stop: list[tuple[int, str]] = []
+    assigned = 0
+    with session_scope() as session:
+        promote_due(session)
+        load = current_load(session)
+        releases: dict[int, Release] = {}
+        for job in queued_candidates(session):
+            if not load.allows(job, limits):
+                continue
+            if job.release_id is None:  # its release was deleted while it waited
+                lifecycle.move_job(session, job, JobState.failed, reason="the release was deleted")
+                continue
+            warm = _warm_session(session, job)
+            if warm is not None:
+                assign(session, job, warm, lease=lease)
+            elif load.live_sessions < limits.sessions:
+                release = releases.get(job.release_id) or session.get(Release, job.release_id)
+                if release is None:
+                    lifecycle.move_job(
+                        session, job, JobState.failed, reason="the release was deleted"
+                    )
+                    continue
+                releases[job.release_id] = release
+                app_session, token = lifecycle.open_session(
+                    session,
+                    kind=SessionKind.solve.value,
+                    owner_id=job.owner_id,
+                    app_id=job.app_id,
+                    release_id=job.release_id,
+                    launcher=launcher.kind,
+                    lifetime=timedelta(seconds=settings.job_max_time_limit_s * 2 + 3600),
+                )
+                assign(session, job, app_session, lease=lease)
+                starts.append(
+                    _Start(
+                        app_session.id or 0,
+                        session_spec(settings, app_session, token, release, launcher),
+                    )
+                )
+                load.live_sessions += 1
+            else:
+                idle = _longest_idle(session, exclude_release=job.release_id)
+                if idle is None:
+                    continue
+                lifecycle.move_session(
+                    session, idle, SessionState.stopping, detail="making room for another job"
+                )
+                to_stop.append((idle.id or 0, idle.handle))
+                continue
+            load.take(job)
+            assigned += 1
+
+    for start in starts:
+        _start(launcher, start)
+    for session_id, handle in to_stop:
+        stop_session(launcher, session_id, handle)
+    return assigned
+
+
+def _warm_session(session: Session, job: Job) -> AppSession | None:
+    return session.exec(
+        select(AppSession)
+        .where(
+            AppSession.kind == SessionKind.solve.value,
+            AppSession.state == SessionState.ready.value,
+            col(AppSession.idle_since).is_not(None),
+            col(AppSession.job_id).is_(None),
+            AppSession.release_id == job.release_id,
+            AppSession.owner_id == job.owner_id,
+        )
+        .order_by(col(AppSession.idle_since).desc())
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    ).first()
+
+
+def _longest_idle(session: Session, *, exclude_release: int) -> AppSession | None:
+    return session.exec(
+        select(AppSession)
+        .where(
+            AppSession.kind == SessionKind.solve.value,
+            AppSession.state == SessionState.ready.value,
+            col(AppSession.idle_since).is_not(None),
+            col(AppSession.job_id).is_(None),
+            AppSession.release_id != exclude_release,
+        )
+        .order_by(col(AppSession.idle_since))
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    ).first()
+
+
+def _start(launcher: Launcher, start: _Start) -> None:
+    """Start one new session; a failure ends the session and puts its job back."""
+    try:
+        handle = launcher.start(start.spec)
+    except LauncherError as exc:
+        logger.warning("session %s did not start: %s", start.session_id, exc.message)
+        with session_scope() as session:
+            app_session = session.get(AppSession, start.session_id)
+            if app_session is not None:
+                end_session(session, app_session, failed=True, detail=exc.message)
+        return
+    with session_scope() as session:
+        app_session = session.get(AppSession, start.session_id, with_for_update=True)
+        if app_session is None:
+            launcher.stop(handle)
+            return
+        app_session.handle = handle
+        session.add(app_session)
+        if not lifecycle.move_session(session, app_session, SessionState.starting):
+            # ended while the launcher was starting it (e.g. the job was cancelled)
+            stop_later = True
+        else:
+            stop_later = False
+    if stop_later:
+        launcher.stop(handle)
+
+
+def end_session(session: Session, app_session: AppSession, *, failed: bool, detail: str) -> None:
+    """Mark a session ended; a job still in it was lost: back to the queue (or failed).
+
+    The job's fencing number keeps the ended session from reporting for it any more.
+    """
+    job = session.get(Job, app_session.job_id, with_for_update=True) if app_session.job_id else None
+    lifecycle.move_session(
+        session, app_session, SessionState.failed if failed else SessionState.stopped, detail=detail
+    )
+    active = job is not None and job.state in (JobState.starting.value, JobState.running.value)
+    if job is not None and active and job.session_id == app_session.id:
+        requeue_or_fail(session, job, f"lost: {detail}")
+
+
+def requeue_or_fail(session: Session, job: Job, reason: str) -> None:
+    """Put a job whose attempt was lost back into the queue, or fail it when none is left.
+
+    A job whose cancel was asked for is cancelled instead.
+    """
+    if job.cancel_requested:
+        lifecycle.note_in_log(session, job, f"[portal] cancelled ({reason})")
+        lifecycle.move_job(session, job, JobState.cancelled, reason="cancelled")
+        return
+    if job.attempt >= job.max_attempts:
+        lifecycle.note_in_log(
+            session, job, f"[portal] attempt {job.attempt} {reason}; no attempt left"
+        )
+        lifecycle.move_job(session, job, JobState.failed, reason=reason[:480] or "lost")
+        return
+    lifecycle.note_in_log(session, job, f"[portal] attempt {job.attempt} {reason}; queued again")
+    lifecycle.move_job(session, job, JobState.queued, reason=reason)
+
+
+def stop_session(launcher: Launcher, session_id: int, handle: str, *, detail: str = "") -> None:
+    """Stop a session through its launcher and record that it stopped."""
+    if handle:
+        try:
+            launcher.stop(handle)
+        except LauncherError as exc:
+            logger.warning("session %s did not stop: %s", session_id, exc.message)
+            return
+    with session_scope() as session:
+        app_session = session.get(AppSession, session_id, with_for_update=True)
+        if app_session is not None:
+            end_session(session, app_session, failed=False, detail=detail or app_session.reason)

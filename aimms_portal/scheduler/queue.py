@@ -1,0 +1,166 @@
+"""The job queue: order, capacity, and handing a job to a session.
+
+Order: higher ``priority`` first, then first in, first out (``id``). No preemption: a
+running job is never taken back for a more urgent one.
+
+Claims lock the candidate rows with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so two
+claimers (two dispatchers during a leader hand-over, a dispatcher and a session asking
+for its next job) never take the same job, and neither waits for the other. SQLite
+runs one unit of work at a time (see :mod:`aimms_portal.db`), which gives the same
+guarantee by serializing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from aimms_portal.config import Settings
+from aimms_portal.models import (
+    ACTIVE_STATES,
+    ENDED_SESSION_STATES,
+    AppSession,
+    Job,
+    JobState,
+    SessionKind,
+    SessionState,
+    utcnow,
+)
+from aimms_portal.scheduler import lifecycle, signals
+
+logger = logging.getLogger(__name__)
+
+#: How many queued jobs one dispatch round looks at (and locks).
+CANDIDATES = 200
+#: How many a session asking for its next job looks at: the head is nearly always it.
+SESSION_CANDIDATES = 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much may be in progress at once."""
+
+    sessions: int
+    per_user: int
+    per_app: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            sessions=settings.max_solve_sessions,
+            per_user=settings.max_jobs_per_user,
+            per_app=settings.max_jobs_per_app,
+        )
+
+
+@dataclass
+class Load:
+    """What is in progress now: jobs by user and by app, and live solve sessions."""
+
+    by_user: Counter[int]
+    by_app: Counter[int]
+    live_sessions: int
+
+    def allows(self, job: Job, limits: Limits) -> bool:
+        return (
+            self.by_user[job.owner_id] < limits.per_user
+            and self.by_app[job.app_id] < limits.per_app
+        )
+
+    def take(self, job: Job) -> None:
+        self.by_user[job.owner_id] += 1
+        self.by_app[job.app_id] += 1
+
+
+def current_load(session: Session) -> Load:
+    active = [s.value for s in ACTIVE_STATES]
+    by_user: Counter[int] = Counter()
+    by_app: Counter[int] = Counter()
+    for owner_id, app_id, count in session.exec(
+        select(Job.owner_id, Job.app_id, func.count())
+        .where(col(Job.state).in_(active))
+        .group_by(Job.owner_id, Job.app_id)  # type: ignore[arg-type]
+    ).all():
+        by_user[owner_id] += count
+        by_app[app_id] += count
+    live = session.exec(
+        select(func.count())
+        .select_from(AppSession)
+        .where(
+            AppSession.kind == SessionKind.solve.value,
+            col(AppSession.state).not_in([s.value for s in ENDED_SESSION_STATES]),
+        )
+    ).one()
+    return Load(by_user=by_user, by_app=by_app, live_sessions=live)
+
+
+def promote_due(session: Session, now: datetime | None = None) -> int:
+    """Move scheduled jobs whose start time has come into the queue; how many."""
+    now = now or utcnow()
+    due = session.exec(
+        select(Job)
+        .where(Job.state == JobState.scheduled.value, col(Job.start_at) <= now)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for job in due:
+        lifecycle.move_job(session, job, JobState.queued)
+    return len(due)
+
+
+def queued_candidates(session: Session, limit: int = CANDIDATES) -> list[Job]:
+    """The head of the queue, in order, locked for this unit of work."""
+    return list(
+        session.exec(
+            select(Job)
+            .where(Job.state == JobState.queued.value)
+            .order_by(col(Job.priority).desc(), col(Job.id))
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+    )
+
+
+def assign(session: Session, job: Job, app_session: AppSession, *, lease: timedelta) -> None:
+    """Hand ``job`` to ``app_session`` as a new attempt (its fencing number goes up)."""
+    job.attempt += 1
+    job.session_id = app_session.id
+    job.lease_expires_at = utcnow() + lease
+    job.cancel_requested = False
+    lifecycle.move_job(session, job, JobState.starting, reason="")
+    app_session.job_id = job.id
+    app_session.idle_since = None
+    session.add(app_session)
+    signals.announce(session, signals.session_channel(app_session.id or 0))
+    logger.info("job %s attempt %d -> session %s", job.id, job.attempt, app_session.id)
+
+
+def claim_for_session(
+    session: Session, app_session: AppSession, *, limits: Limits, lease: timedelta
+) -> Job | None:
+    """The next job for an idle solve session, if the queue's head is one it can run.
+
+    A warm session takes a job only when that job is the first one the dispatcher would
+    start anyway (the first queued job that the capacity limits admit), and it is of
+    the session's release and user. So warm sessions never jump the queue: a more
+    urgent job of another app waits for no one but the dispatcher.
+    """
+    if (
+        app_session.kind != SessionKind.solve.value
+        or app_session.state != SessionState.ready.value
+        or app_session.job_id is not None
+    ):
+        return None
+    load = current_load(session)
+    for job in queued_candidates(session, SESSION_CANDIDATES):
+        if not load.allows(job, limits):
+            continue
+        if job.release_id != app_session.release_id or job.owner_id != app_session.owner_id:
+            return None
+        assign(session, job, app_session, lease=lease)
+        return job
+    return None
