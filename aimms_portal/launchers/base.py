@@ -17,10 +17,12 @@ Rules every backend keeps:
   nothing) are normal, not errors.
 - ``stop`` ends the whole session (every process of it) and frees what it held (its
   working folder, its container); it escalates from a polite request to a kill and
-  returns once the session is gone.
-- ``list_sessions`` names every session this backend runs *for this portal* (and no
-  other), so that after a restart the portal can adopt the ones it still knows and stop
-  the rest.
+  returns once the session is gone. What the session wrote to stdout and stderr may go
+  with it: read ``logs`` *before* ``stop`` when they matter (e.g. for a failed session).
+- ``list_sessions`` names every session this backend holds anything of *for this
+  portal* (and no other): the running ones, and ended ones that still hold something
+  (a working folder, an exited container) until ``stop`` frees it. After a restart the
+  portal adopts the ones it still knows and stops the rest; nothing is lost or leaked.
 - Blocking calls: the methods are synchronous; async callers go through
   :func:`aimms_portal.aio.run_blocking`.
 - Provider errors become :class:`LauncherError` with a message for the user; the
@@ -61,8 +63,12 @@ class SessionStatus(StrEnum):
 class Observation:
     """What :meth:`Launcher.poll` saw.
 
-    ``memory_bytes`` and ``cpu_seconds`` are the session's current resident memory and
-    the CPU time it used so far, where the backend can tell (else ``None``).
+    ``exit_code`` (``exited`` only) is the runner's exit status: ``-N`` when signal ``N``
+    ended it (a backend that cannot tell a signal from an exit reports what it has, e.g.
+    ``137``), ``None`` when the backend does not know it (e.g. the local launcher after a
+    portal restart; ``detail`` says so). ``memory_bytes`` and ``cpu_seconds`` are the
+    session's current resident memory and the CPU time it used so far, where the backend
+    can tell (else ``None``).
     """
 
     status: SessionStatus
@@ -135,22 +141,39 @@ class Launcher(ABC):
 
     @abstractmethod
     def poll(self, handle: str) -> Observation:
-        """Whether the session still runs, how it ended, and what it uses."""
+        """Whether the session still runs, how it ended, and what it uses.
+
+        ``running`` while the runner runs; ``exited`` once it ended but the session still
+        holds something (processes it left, its folder or container: ``stop`` frees
+        them); ``gone`` once nothing of it is left (after ``stop``, or never started).
+
+        Raises:
+            LauncherError: the handle is not one of this backend's.
+        """
 
     @abstractmethod
     def stop(self, handle: str, *, grace_seconds: float = 5.0) -> None:
         """End the session: ask politely, wait up to ``grace_seconds``, then kill.
 
-        Returns once nothing of the session runs any more; frees what it held.
+        Returns once nothing of the session runs any more; frees what it held, which may
+        include its logs. Idempotent: stopping an ended, stopped or forgotten session
+        is not an error.
         """
 
     @abstractmethod
     def logs(self, handle: str, *, tail: int = 200) -> list[str]:
-        """The last ``tail`` lines the runner wrote to its stdout and stderr."""
+        """The last ``tail`` lines the runner wrote to its stdout and stderr.
+
+        What is left of them: an empty list once the session is gone (``stop`` may have
+        removed them, so read them before stopping).
+        """
 
     @abstractmethod
     def list_sessions(self) -> dict[int, str]:
-        """Every session this backend runs for this portal: session id -> handle."""
+        """Every session this backend holds anything of for this portal: id -> handle.
+
+        Running sessions and ended ones not yet stopped (see the module docstring).
+        """
 
     @abstractmethod
     def adopt(self, handle: str) -> bool:
