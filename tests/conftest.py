@@ -26,7 +26,7 @@ from aimms_portal.models import Role, User
 from aimms_portal.services import accounts
 from tests.helpers import PASSWORD, USE_SQLITE, migrated_database
 
-pytest_plugins = ["tests.servers"]
+pytest_plugins = ["tests.servers", "tests.solving"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,0 +1,343 @@
+"""A live portal for solve-job tests: the REST API on a loopback port, a scheduler with
+the local launcher, and a test app whose procedures echo, sleep, fail or spawn.
+
+The REST API is served by uvicorn in a thread of the test process (no UI), so the test
+can look into the database while real runner processes, started by the real local
+launcher, talk to that API over HTTP exactly as they would to a production portal.
+Runtime environments are cached for the whole test run (one ``venv`` per runtime
+digest), as a portal's machine would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from sqlmodel import col, select
+
+from aimms_portal import config
+from aimms_portal.api.app import create_api
+from aimms_portal.client import PortalClient
+from aimms_portal.db import session_scope
+from aimms_portal.launchers.local import LocalLauncher
+from aimms_portal.models import AppSession, Job, Role, User
+from aimms_portal.packages import pack_app
+from aimms_portal.scheduler.service import Scheduler
+from aimms_portal.services import app_access, apps
+from tests import publishing
+from tests.api.support import quick_user
+from tests.servers import free_port
+
+SOLVER_APP = "solver-app"
+
+#: The test app's procedures: one script, the first argument says what to do.
+PROCEDURES_PY = r'''
+import json, os, subprocess, sys, time
+
+mode = sys.argv[1]
+with open(os.environ["AIMMS_PORTAL_ARGUMENTS"]) as f:
+    args = json.load(f)
+out = os.environ["AIMMS_PORTAL_OUTPUT"]
+
+if mode == "echo":
+    data = b""
+    if "AIMMS_PORTAL_INPUT" in os.environ:
+        with open(os.environ["AIMMS_PORTAL_INPUT"], "rb") as f:
+            data = f.read()
+    print(f"echo: {len(data)} bytes", flush=True)
+    print("a line on stderr", file=sys.stderr, flush=True)
+    with open(out, "wb") as f:
+        f.write(data[::-1] if args.get("reverse") else data)
+elif mode == "sleep":
+    seconds = float(args.get("seconds", 60))
+    journal = args.get("journal")
+    job = os.environ["AIMMS_PORTAL_JOB_ID"]
+
+    def note(what):
+        if journal:
+            with open(journal, "a") as f:
+                f.write(f"{what} {job} {os.getpid()} {time.time():.3f}\n")
+
+    note("start")
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        print(f"working {time.monotonic() - started:.1f}", flush=True)
+        time.sleep(0.1)
+    with open(out, "w") as f:
+        f.write(json.dumps({"slept": seconds, "pid": os.getpid()}))
+    note("end")
+elif mode == "fail":
+    print("something went wrong", file=sys.stderr, flush=True)
+    sys.exit(int(args.get("code", 3)))
+elif mode == "wheel":
+    import corpus_demo
+    with open(out, "w") as f:
+        f.write(corpus_demo.VERSION)
+elif mode == "env":
+    keep = ("AIMMS_PORTAL_URL", "AIMMS_PORTAL_SESSION_ID", "AIMMS_PORTAL_JOB_ID", "VIRTUAL_ENV")
+    with open(out, "w") as f:
+        f.write(json.dumps({k: os.environ.get(k) for k in keep} | {"token": bool(os.environ.get("AIMMS_PORTAL_TOKEN"))}))
+elif mode == "spawn":
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    with open(args["journal"], "a") as f:
+        f.write(f"start {os.environ['AIMMS_PORTAL_JOB_ID']} {child.pid} {time.time():.3f}\n")
+    time.sleep(600)
+'''
+
+MANIFEST = {
+    "format": 1,
+    "name": SOLVER_APP,
+    "version": "1.0",
+    "title": "Solver test app",
+    "description": "Procedures that echo, sleep, fail and spawn, for the solve tests.",
+    "runtime": {"name": publishing.RUNTIME_NAME, "version": ">=1.0"},
+    "procedures": {
+        name: {"command": ["python", "procs.py", name]}
+        for name in ("echo", "sleep", "fail", "wheel", "env", "spawn")
+    },
+    "resources": {"time_limit_s": 120},
+}
+
+
+def solver_bundle(folder: Path, version: str = "1.0") -> Path:
+    """The test app's bundle, version ``version``."""
+    source = folder / f"solver-{version}"
+    source.mkdir(parents=True)
+    (source / "app.json").write_text(json.dumps(MANIFEST | {"version": version}))
+    (source / "procs.py").write_text(PROCEDURES_PY)
+    bundle = folder / f"solver-{version}.zip"
+    pack_app(source, bundle)
+    return bundle
+
+
+@dataclass
+class SolvePortal:
+    """A running portal for solve tests (see the module docstring)."""
+
+    url: str
+    scheduler: Scheduler
+    launcher: LocalLauncher
+    publisher: User
+    user: User
+    folder: Path
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def client(self, user: User | None = None) -> PortalClient:
+        """A REST client acting as ``user`` (default: the plain user with the run right)."""
+        user = user or self.user
+        if user.username not in self.tokens:
+            from aimms_portal.services import tokens
+
+            with session_scope() as session:
+                _, secret = tokens.create_token(
+                    session,
+                    actor=user,
+                    name="solve tests",
+                    scopes=["read", "write"],
+                    expires_in_days=1,
+                )
+            self.tokens[user.username] = secret
+        return PortalClient(self.url, self.tokens[user.username], timeout=60)
+
+    def job(self, job_id: int) -> Job:
+        with session_scope() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            return job
+
+    def wait_for(
+        self, job_id: int, predicate: Callable[[Job], bool], timeout: float = 60.0
+    ) -> Job:
+        """Poll the database until ``predicate(job)`` holds; the job then."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if predicate(job):
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} stayed {job.state} ({job.reason})")
+            time.sleep(0.05)
+
+    def wait_state(self, job_id: int, *states: str, timeout: float = 60.0) -> Job:
+        return self.wait_for(job_id, lambda j: j.state in states, timeout)
+
+    def sessions(self) -> list[AppSession]:
+        with session_scope() as session:
+            return list(session.exec(select(AppSession).order_by(col(AppSession.id))).all())
+
+
+def _serve(port: int) -> tuple[uvicorn.Server, threading.Thread]:
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_api(), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test API server did not start")
+        time.sleep(0.02)
+    return server, thread
+
+
+@pytest.fixture(scope="session")
+def runtime_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One runtime cache for the run: the test runtime's venv is built once."""
+    return tmp_path_factory.mktemp("runtime-cache")
+
+
+#: Settings that make failures show within seconds instead of the production defaults.
+FAST_SETTINGS = {
+    "AIMMS_PORTAL_JOB_LEASE_SECONDS": "4",
+    "AIMMS_PORTAL_HEARTBEAT_SECONDS": "0.5",
+    "AIMMS_PORTAL_SOLVE_IDLE_SECONDS": "30",
+    "AIMMS_PORTAL_SESSION_START_TIMEOUT_S": "60",
+    "AIMMS_PORTAL_MAX_JOBS_PER_USER": "4",
+}
+
+
+@pytest.fixture
+def solve_settings(
+    db: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, runtime_cache: Path
+) -> dict[str, str]:
+    """Environment for a solve portal; a test may change values before ``solve_portal``."""
+    port = free_port()
+    values = FAST_SETTINGS | {
+        "AIMMS_PORTAL_PORT": str(port),
+        "AIMMS_PORTAL_RUNNER_PORTAL_URL": f"http://127.0.0.1:{port}",
+        "AIMMS_PORTAL_SESSIONS_DIR": str(tmp_path / "sessions"),
+        "AIMMS_PORTAL_RUNTIME_CACHE_DIR": str(runtime_cache),
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+@pytest.fixture
+def solve_portal(
+    solve_settings: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[SolvePortal]:
+    """A live portal with the test app published and ``user`` allowed to run it."""
+    for name, value in solve_settings.items():
+        monkeypatch.setenv(name, value)
+    config.get_settings.cache_clear()
+    settings = config.get_settings()
+
+    root = quick_user("root", Role.admin.value)
+    publisher = quick_user("pete", Role.publisher.value)
+    user = quick_user("uma")
+    publishing.trust_test_key(root)
+    publishing.upload_runtime(publisher, tmp_path, "1.0")
+    with open(solver_bundle(tmp_path), "rb") as stream:
+        apps.publish_bundle(actor=publisher, source=stream)
+    with session_scope() as session:
+        for right in ("read", "run"):
+            app_access.set_grant(
+                session,
+                actor=publisher,
+                name=SOLVER_APP,
+                principal_type="user",
+                principal_name=user.username,
+                right=right,
+                effect="allow",
+            )
+
+    server, thread = _serve(settings.port)
+    launcher = LocalLauncher(settings.resolved_sessions_dir)
+    scheduler = Scheduler(launcher, settings)
+    scheduler.start()
+    portal = SolvePortal(
+        url=f"http://127.0.0.1:{settings.port}",
+        scheduler=scheduler,
+        launcher=launcher,
+        publisher=publisher,
+        user=user,
+        folder=tmp_path,
+    )
+    try:
+        yield portal
+    finally:
+        scheduler.stop()
+        for handle in launcher.list_sessions().values():
+            launcher.stop(handle, grace_seconds=1)
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def upload_input(portal: SolvePortal, content: bytes, name: str = "input.json") -> int:
+    """An input case of the plain user's; its id."""
+    path = portal.folder / name
+    path.write_bytes(content)
+    with portal.client() as client:
+        return int(client.upload_case(path, name=name)["id"])
+
+
+def submit(portal: SolvePortal, procedure: str, **fields: Any) -> int:
+    """Submit a job of the test app as the plain user; its id."""
+    with portal.client() as client:
+        job = client.request(
+            "POST", "/jobs", json={"app": SOLVER_APP, "procedure": procedure, **fields}
+        )
+    return int(job["id"])
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of the ``sleep`` procedure, from its journal."""
+
+    job_id: int
+    pid: int
+    start: float
+    end: float | None
+
+
+def journal_runs(journal: Path) -> list[Run]:
+    """The runs the ``sleep`` procedure wrote into ``journal``, in start order."""
+    starts: dict[int, tuple[int, float]] = {}
+    ends: dict[int, float] = {}
+    if not journal.exists():
+        return []
+    for line in journal.read_text().splitlines():
+        what, job, pid, at = line.split()
+        if what == "start":
+            starts[int(pid)] = (int(job), float(at))
+        else:
+            ends[int(pid)] = float(at)
+    runs = [Run(job, pid, at, ends.get(pid)) for pid, (job, at) in starts.items()]
+    return sorted(runs, key=lambda r: r.start)
+
+
+def wait_for_runs(journal: Path, count: int, timeout: float = 60.0) -> list[Run]:
+    """Wait until ``journal`` shows at least ``count`` runs that started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = journal_runs(journal)
+        if len(runs) >= count:
+            return runs
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} runs in {journal}")
+
+
+def runner_pid(app_session: AppSession) -> int:
+    """The runner's process id, from a local launcher handle."""
+    return int(app_session.handle.split(":")[2])
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
