@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import os
 import platform
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
@@ -271,6 +274,123 @@ class PortalClient:
         return self.request(  # type: ignore[no-any-return]
             "GET", f"/apps/{_segment(name)}/access/effective", params={"user": username}
         )
+
+    # -- cases ---------------------------------------------------------------------------
+
+    def upload_case(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        app: str | None = None,
+        kind: str | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Upload a file as a case, streamed; named after the file unless ``name`` is given.
+
+        Raises:
+            PortalClientError: refused (bad name, unknown app, too large) or unreachable.
+        """
+        params = {"name": name if name is not None else Path(path).name}
+        if app is not None:
+            params["app"] = app
+        if kind is not None:
+            params["kind"] = kind
+        return self._upload("/cases", path, params=params, progress=progress)
+
+    def list_cases(
+        self, *, app: str | None = None, kind: str | None = None, all_users: bool = False
+    ) -> list[dict[str, Any]]:
+        """Your cases, newest first (every user's with ``all_users``, for admins)."""
+        params: dict[str, Any] = {"all": all_users}
+        if app is not None:
+            params["app"] = app
+        if kind is not None:
+            params["kind"] = kind
+        return self._all("/cases", params=params)
+
+    def get_case(self, case_id: int) -> dict[str, Any]:
+        return self.request("GET", f"/cases/{int(case_id)}")  # type: ignore[no-any-return]
+
+    def delete_case(self, case_id: int) -> None:
+        self.request("DELETE", f"/cases/{int(case_id)}")
+
+    def download_case(
+        self,
+        case_id: int,
+        dest_path: str | os.PathLike[str],
+        *,
+        progress: Progress | None = None,
+    ) -> Path:
+        """Download a case's content (uncompressed) to ``dest_path``, replacing any file.
+
+        The content streams into a temporary file beside ``dest_path``, its SHA-256 is
+        checked against the portal's, and only then is it renamed to ``dest_path``: a
+        failed download leaves nothing behind.
+
+        Raises:
+            PortalClientError: refused (code ``not_found`` for a case that is not yours),
+                cut off or damaged on the way (``download_failed``), the file cannot be
+                written (``unwritable``), or the portal is unreachable.
+        """
+        dest = Path(dest_path)
+        try:
+            fd, temporary = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+        except OSError as exc:
+            raise PortalClientError(
+                0, "unwritable", f"Cannot write to {dest.parent}: {exc.strerror or exc}."
+            ) from exc
+        try:
+            with os.fdopen(fd, "wb") as out:
+                self._download(f"/cases/{int(case_id)}/content", out, progress)
+            os.replace(temporary, dest)
+        except OSError as exc:
+            Path(temporary).unlink(missing_ok=True)
+            raise PortalClientError(
+                0, "unwritable", f"Cannot write {dest}: {exc.strerror or exc}."
+            ) from exc
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return dest
+
+    def _download(self, path: str, out: BinaryIO, progress: Progress | None) -> None:
+        """Stream the body of ``GET /api/v1{path}`` into ``out``, checking its SHA-256."""
+        timeout = httpx.Timeout(DEFAULT_TIMEOUT, read=UPLOAD_ANSWER_TIMEOUT)
+        try:
+            with self._http.stream("GET", f"/api/v1{path}", timeout=timeout) as response:
+                if response.is_error:
+                    response.read()
+                    try:
+                        error = response.json()["error"]
+                        code, message = error["code"], error["message"]
+                    except (ValueError, KeyError, TypeError):
+                        code, message = "http_error", f"HTTP {response.status_code} from {self.url}"
+                    raise PortalClientError(response.status_code, code, message)
+                expected = response.headers.get("x-case-sha256", "")
+                total = int(response.headers.get("content-length") or 0)
+                digest = hashlib.sha256()
+                received = 0
+                for chunk in response.iter_bytes(UPLOAD_CHUNK_SIZE):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    if progress is not None:
+                        progress(received, total)
+        except httpx.TransportError as exc:
+            # a portal that finds a damaged case mid-stream cuts the answer off
+            raise PortalClientError(
+                0,
+                "download_failed",
+                f"The download from {self.url} broke off ({exc}); nothing was kept. The "
+                "stored case may be damaged, or the connection failed: try again.",
+            ) from exc
+        if expected and digest.hexdigest() != expected:
+            raise PortalClientError(
+                0,
+                "download_failed",
+                "The downloaded content does not match the case's SHA-256; nothing was kept.",
+            )
 
     # -- helpers -------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from aimms_portal.api.app import create_api
 from aimms_portal.db import session_scope
 from aimms_portal.models import Role, User
 from aimms_portal.packages import signing
-from aimms_portal.services import accounts, app_access, tokens
+from aimms_portal.services import accounts, app_access, cases, tokens
 from tests import publishing
 from tests.api.support import API, error, quick_user
 from tests.helpers import PASSWORD, bearer
@@ -99,6 +99,11 @@ MATRIX: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ),
     ("DELETE", f"{API}/apps/{{name}}/access/{{grant_id}}"): (APP_WRITE, None),
     ("GET", f"{API}/apps/{{name}}/access/effective"): (APP_WRITE, None),
+    ("POST", f"{API}/cases"): (ANY, UPLOAD),
+    ("GET", f"{API}/cases"): (ANY, None),
+    ("GET", f"{API}/cases/{{case_id}}"): (OWNER, None),
+    ("GET", f"{API}/cases/{{case_id}}/content"): (OWNER, None),
+    ("DELETE", f"{API}/cases/{{case_id}}"): (OWNER, None),
 }
 
 #: Path parameters that differ between resources (a runtime's name is not an app's).
@@ -110,6 +115,7 @@ FILL: dict[str, dict[str, str]] = {
 #: Query parameters a route needs.
 PARAMS: dict[tuple[str, str], dict[str, str]] = {
     ("GET", f"{API}/apps/{{name}}/access/effective"): {"user": "ann"},
+    ("POST", f"{API}/cases"): {"name": "input.csv"},
 }
 
 
@@ -253,6 +259,11 @@ def world(db: None, tmp_path: Path) -> World:
                 effect="allow",
             )
         grant_id = app_access.list_grants(session, actor=pete, name=publishing.APP_NAME)[0]
+    # a case of bob's, and a file to upload as one
+    with session_scope() as session:
+        bobs_case = cases.upload_case(session, actor=bob, name="bob.csv", source=[b"a,b\n1,2\n"])
+    case_file = tmp_path / "case.csv"
+    case_file.write_bytes(b"x,y\n3,4\n")
     package, signature = publishing.runtime_package(tmp_path, "2.0")
     uploads = {
         ("POST", f"{API}/runtimes"): (
@@ -260,6 +271,7 @@ def world(db: None, tmp_path: Path) -> World:
             {"X-Runtime-Signature": base64.b64encode(signature).decode()},
         ),
         ("POST", f"{API}/apps"): (publishing.app_bundle(tmp_path, "1.0", name="fresh-app"), {}),
+        ("POST", f"{API}/cases"): (case_file, {}),
     }
     ids = {
         "user_id": bob.id or 0,
@@ -269,6 +281,7 @@ def world(db: None, tmp_path: Path) -> World:
         "key_id": key.id or 0,
         "spare_key": signing.generate_signing_key()[1],
         "grant_id": grant_id.grant.id or 0,
+        "case_id": bobs_case.id or 0,
     }
     return World(users=users, ids=ids, bobs_token=secret, uploads=uploads)
 
