@@ -174,6 +174,31 @@ class SolvePortal:
             return list(session.exec(select(AppSession).order_by(col(AppSession.id))).all())
 
 
+def publish_solver_app(folder: Path, *, runners: tuple[str, ...] = ("uma",)) -> tuple[User, User]:
+    """Publish the test app (and its runtime) as ``pete``; ``runners`` (new users) may
+    run it. Returns the publisher and the first of them."""
+    root = quick_user("root", Role.admin.value)
+    publisher = quick_user("pete", Role.publisher.value)
+    users = [quick_user(name) for name in runners]
+    publishing.trust_test_key(root)
+    publishing.upload_runtime(publisher, folder, "1.0")
+    with open(solver_bundle(folder), "rb") as stream:
+        apps.publish_bundle(actor=publisher, source=stream)
+    with session_scope() as session:
+        for user in users:
+            for right in ("read", "run"):
+                app_access.set_grant(
+                    session,
+                    actor=publisher,
+                    name=SOLVER_APP,
+                    principal_type="user",
+                    principal_name=user.username,
+                    right=right,
+                    effect="allow",
+                )
+    return publisher, users[0]
+
+
 def _serve(port: int) -> tuple[uvicorn.Server, threading.Thread]:
     server = uvicorn.Server(
         uvicorn.Config(
@@ -233,25 +258,7 @@ def solve_portal(
     config.get_settings.cache_clear()
     settings = config.get_settings()
 
-    root = quick_user("root", Role.admin.value)
-    publisher = quick_user("pete", Role.publisher.value)
-    user = quick_user("uma")
-    publishing.trust_test_key(root)
-    publishing.upload_runtime(publisher, tmp_path, "1.0")
-    with open(solver_bundle(tmp_path), "rb") as stream:
-        apps.publish_bundle(actor=publisher, source=stream)
-    with session_scope() as session:
-        for right in ("read", "run"):
-            app_access.set_grant(
-                session,
-                actor=publisher,
-                name=SOLVER_APP,
-                principal_type="user",
-                principal_name=user.username,
-                right=right,
-                effect="allow",
-            )
-
+    publisher, user = publish_solver_app(tmp_path)
     server, thread = _serve(settings.port)
     launcher = LocalLauncher(settings.resolved_sessions_dir)
     scheduler = Scheduler(launcher, settings)

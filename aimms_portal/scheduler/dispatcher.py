@@ -5,8 +5,9 @@ Runs only in the leader (see :mod:`aimms_portal.scheduler.service`). One round:
 1. scheduled jobs whose time has come join the queue;
 2. the head of the queue is walked in order; each job the per-user and per-app limits
    admit goes to an idle (warm) session of its release and user, or else to a new
-   session while the session limit allows; when the limit is reached by idle sessions
-   of other releases, the longest idle of them is stopped to make room;
+   session while the session limit allows; when the limit is reached and some sessions
+   are idle (warm for other releases or users), the longest idle one is stopped to make
+   room;
 3. after the unit of work has committed, new sessions are started by the launcher.
 
 A crash between 2 and 3 leaves sessions in ``pending`` without a handle; the reaper
@@ -124,7 +125,7 @@ def dispatch_once(launcher: Launcher, settings: Settings) -> int:
                 )
                 load.live_sessions += 1
             else:
-                idle = _longest_idle(session, exclude_release=job.release_id)
+                idle = _longest_idle(session)
                 if idle is None:
                     continue
                 lifecycle.move_session(
@@ -159,7 +160,8 @@ def _warm_session(session: Session, job: Job) -> AppSession | None:
     ).first()
 
 
-def _longest_idle(session: Session, *, exclude_release: int) -> AppSession | None:
+def _longest_idle(session: Session) -> AppSession | None:
+    # an idle session that could run the job would have been found as warm before
     return session.exec(
         select(AppSession)
         .where(
@@ -167,7 +169,6 @@ def _longest_idle(session: Session, *, exclude_release: int) -> AppSession | Non
             AppSession.state == SessionState.ready.value,
             col(AppSession.idle_since).is_not(None),
             col(AppSession.job_id).is_(None),
-            AppSession.release_id != exclude_release,
         )
         .order_by(col(AppSession.idle_since))
         .limit(1)

@@ -58,14 +58,15 @@ class LeaderLeaseKeeper:
                 .values(holder=self.holder, expires_at=now + self.ttl)
             )
             won = result.rowcount == 1  # type: ignore[attr-defined]
-            if (
+            missing = (
                 not won
                 and session.exec(
                     select(LeaderLease.id).where(LeaderLease.name == self.name)
                 ).first()
                 is None
-            ):
-                won = self._create(now)
+            )
+        if missing:  # in a unit of work of its own, once the first one is over
+            won = self._create(now)
         if won != self.held:
             logger.info("%s the %s lease (%s)", "took" if won else "lost", self.name, self.holder)
         self.held = won

@@ -18,7 +18,7 @@ from aimms_portal.api.app import create_api
 from aimms_portal.db import session_scope
 from aimms_portal.models import Role, User
 from aimms_portal.packages import signing
-from aimms_portal.services import accounts, app_access, cases, tokens
+from aimms_portal.services import accounts, app_access, cases, jobs, tokens
 from tests import publishing
 from tests.api.support import API, error, quick_user
 from tests.helpers import PASSWORD, bearer
@@ -39,13 +39,14 @@ OPEN = {
 
 ANY, PUBLISHER, ADMIN, OWNER = "any", "publisher", "admin", "owner"
 #: Rights on the world's app: bob may read and run it (through his group), pete wrote it.
-APP_READ, APP_WRITE = "app_read", "app_write"
+APP_READ, APP_WRITE, APP_RUN = "app_read", "app_write", "app_run"
 NEW_PASSWORD = "Another-horse-7-staple"
 
 #: Who may call each route, and a body that route accepts (so no 422 hides a refusal).
 #: ``any``: every user; ``publisher``: admins and publishers; ``admin``: admins only;
-#: ``owner``: the owner of the object in the path (and admins); ``app_read`` and
-#: ``app_write``: holders of that right on the app in the path (and admins).
+#: ``owner``: the owner of the object in the path (and admins); ``app_read``,
+#: ``app_write`` and ``app_run``: holders of that right on the app in the path or the
+#: body (and admins).
 #: A body of ``UPLOAD`` sends the file the world made for that route.
 UPLOAD: dict[str, Any] = {"upload": True}
 MATRIX: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
@@ -104,6 +105,19 @@ MATRIX: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("GET", f"{API}/cases/{{case_id}}"): (OWNER, None),
     ("GET", f"{API}/cases/{{case_id}}/content"): (OWNER, None),
     ("DELETE", f"{API}/cases/{{case_id}}"): (OWNER, None),
+    ("POST", f"{API}/jobs"): (APP_RUN, {"app": "corpus-app", "procedure": "solve"}),
+    ("GET", f"{API}/jobs"): (ANY, None),
+    ("POST", f"{API}/jobs/delete"): (ANY, {}),
+    ("GET", f"{API}/jobs/{{job_id}}"): (OWNER, None),
+    ("GET", f"{API}/jobs/{{job_id}}/log"): (OWNER, None),
+    ("POST", f"{API}/jobs/{{job_id}}/cancel"): (OWNER, None),
+    ("DELETE", f"{API}/jobs/{{job_id}}"): (OWNER, None),
+}
+
+#: Routes that act on another object of the world than the path's name says by default:
+#: only a finished job can be deleted.
+OBJECTS: dict[tuple[str, str], dict[str, str]] = {
+    ("DELETE", f"{API}/jobs/{{job_id}}"): {"job_id": "finished_job_id"},
 }
 
 #: Path parameters that differ between resources (a runtime's name is not an app's).
@@ -124,7 +138,8 @@ def protected_routes() -> list[tuple[str, str]]:
     found = set()
     for route in iter_route_contexts(create_api().routes):
         path = route.path or ""
-        if path in OPEN or path.startswith(f"{API}/auth/"):
+        # the runner's routes take session tokens, not users: tests/api/test_runner.py
+        if path in OPEN or path.startswith((f"{API}/auth/", f"{API}/runner/")):
             continue
         for method in route.methods or ():
             if method != "HEAD":
@@ -180,14 +195,15 @@ class World:
             self._headers[who] = bearer(self.users[username], *scopes)
         return self._headers[who]
 
-    def path(self, template: str) -> str:
+    def path(self, template: str, method: str = "GET") -> str:
         """The route template with this world's objects filled in."""
         fill = next((v for k, v in FILL.items() if template.startswith(k)), {})
-        return template.format(**(self.ids | fill))
+        other = {k: self.ids[v] for k, v in OBJECTS.get((method, template), {}).items()}
+        return template.format(**(self.ids | fill | other))
 
     def request(self, client: Any, route: tuple[str, str], who: str | None) -> Any:
         method, template = route
-        path = self.path(template)
+        path = self.path(template, method)
         body = MATRIX.get(route, (ANY, None))[1]
         headers = self.headers(who) if who else {}
         params = PARAMS.get(route)
@@ -262,6 +278,11 @@ def world(db: None, tmp_path: Path) -> World:
     # a case of bob's, and a file to upload as one
     with session_scope() as session:
         bobs_case = cases.upload_case(session, actor=bob, name="bob.csv", source=[b"a,b\n1,2\n"])
+    # a job of bob's that waits, and one that has finished
+    with session_scope() as session:
+        waiting = jobs.submit_job(session, actor=bob, app=publishing.APP_NAME, procedure="solve")
+        done = jobs.submit_job(session, actor=bob, app=publishing.APP_NAME, procedure="solve")
+        jobs.cancel_job(session, actor=bob, job_id=done.job.id or 0)
     case_file = tmp_path / "case.csv"
     case_file.write_bytes(b"x,y\n3,4\n")
     package, signature = publishing.runtime_package(tmp_path, "2.0")
@@ -282,6 +303,8 @@ def world(db: None, tmp_path: Path) -> World:
         "spare_key": signing.generate_signing_key()[1],
         "grant_id": grant_id.grant.id or 0,
         "case_id": bobs_case.id or 0,
+        "job_id": waiting.job.id or 0,
+        "finished_job_id": done.job.id or 0,
     }
     return World(users=users, ids=ids, bobs_token=secret, uploads=uploads)
 
@@ -308,6 +331,7 @@ def test_the_right_caller_gets_through(client, world, route):
         ADMIN: "root",
         OWNER: "bob",
         APP_READ: "bob",
+        APP_RUN: "bob",
         APP_WRITE: "pete",
     }[_level(route)]
     response = world.request(client, route, caller)
@@ -349,7 +373,7 @@ def test_a_token_without_the_needed_scope_gets_403(client, world, who, routes, s
     assert repr(scope) in message
 
 
-@pytest.mark.parametrize("route", _where(OWNER, APP_READ, APP_WRITE), ids=_route_id)
+@pytest.mark.parametrize("route", _where(OWNER, APP_READ, APP_WRITE, APP_RUN), ids=_route_id)
 def test_another_users_object_is_not_found(client, world, route):
     error(world.request(client, route, "ann"), 404, "not_found")
     # and the object is untouched: bob's token still works
