@@ -108,7 +108,6 @@ class Job(SQLModel, table=True):
     """A request to run one named procedure of a release on an input case."""
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_queue", "state", "priority", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     owner_id: int = Field(
@@ -167,6 +166,15 @@ class Job(SQLModel, table=True):
     started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+# the queue's order (priority high to low, then oldest first) read straight off an index
+Index(
+    "ix_jobs_queue",
+    Job.__table__.c.state,  # type: ignore[attr-defined]
+    Job.__table__.c.priority.desc(),  # type: ignore[attr-defined]
+    Job.__table__.c.id,  # type: ignore[attr-defined]
+)
 
 
 class AppSession(SQLModel, table=True):

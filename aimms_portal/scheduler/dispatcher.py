@@ -39,6 +39,7 @@ from aimms_portal.scheduler.queue import (
     Limits,
     assign,
     current_load,
+    lock_queued,
     promote_due,
     queued_candidates,
 )
@@ -90,8 +91,12 @@ def dispatch_once(launcher: Launcher, settings: Settings) -> int:
         promote_due(session)
         load = current_load(session)
         releases: dict[int, Release] = {}
-        for job in queued_candidates(session):
-            if not load.allows(job, limits):
+        for candidate in queued_candidates(session, lock=False):
+            if not load.allows(candidate, limits):
+                continue
+            # lock only the jobs handed out: sessions claiming their next job skip them
+            job = lock_queued(session, candidate.id or 0)
+            if job is None:
                 continue
             if job.release_id is None:  # its release was deleted while it waited
                 lifecycle.move_job(session, job, JobState.failed, reason="the release was deleted")
@@ -194,11 +199,14 @@ def _start(launcher: Launcher, start: _Start) -> None:
             return
         app_session.handle = handle
         session.add(app_session)
-        if not lifecycle.move_session(session, app_session, SessionState.starting):
-            # ended while the launcher was starting it (e.g. the job was cancelled)
-            stop_later = True
-        else:
-            stop_later = False
+        if app_session.state == SessionState.pending.value:
+            lifecycle.move_session(session, app_session, SessionState.starting)
+        # it may be ready already; or it ended while the launcher started it
+        stop_later = app_session.state in (
+            SessionState.stopping.value,
+            SessionState.stopped.value,
+            SessionState.failed.value,
+        )
     if stop_later:
         launcher.stop(handle)
 

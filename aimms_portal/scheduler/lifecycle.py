@@ -61,8 +61,15 @@ _JOB_MOVES: dict[JobState, frozenset[JobState]] = {
 }
 
 _SESSION_MOVES: dict[SessionState, frozenset[SessionState]] = {
+    # a runner may report ready before its launcher's start() has returned
     SessionState.pending: frozenset(
-        {SessionState.starting, SessionState.stopping, SessionState.stopped, SessionState.failed}
+        {
+            SessionState.starting,
+            SessionState.ready,
+            SessionState.stopping,
+            SessionState.stopped,
+            SessionState.failed,
+        }
     ),
     SessionState.starting: frozenset(
         {SessionState.ready, SessionState.stopping, SessionState.stopped, SessionState.failed}
@@ -74,8 +81,24 @@ _SESSION_MOVES: dict[SessionState, frozenset[SessionState]] = {
 }
 
 
-def move_job(session: Session, job: Job, to: JobState, *, reason: str | None = None) -> None:
+#: Job states whose arrival the dispatcher must hear of: work to place, capacity freed.
+_WAKES_DISPATCHER = frozenset(
+    {JobState.queued, JobState.succeeded, JobState.failed, JobState.cancelled, JobState.timed_out}
+)
+
+
+def move_job(
+    session: Session,
+    job: Job,
+    to: JobState,
+    *,
+    reason: str | None = None,
+    wake_dispatcher: bool = True,
+) -> None:
     """Put ``job`` into state ``to`` (stamping times, queuing its state hook).
+
+    A job that joins the queue or finishes wakes the dispatcher, unless the caller
+    says it need not (a session that takes its next job itself frees no capacity).
 
     Raises:
         Conflict: the job cannot go from its state to ``to`` (e.g. it has finished).
@@ -106,7 +129,8 @@ def move_job(session: Session, job: Job, to: JobState, *, reason: str | None = N
     session.flush()
     if job.hook_url:
         queue_hook(session, job, now)
-    signals.announce(session, signals.QUEUE)
+    if wake_dispatcher and to in _WAKES_DISPATCHER:
+        signals.announce(session, signals.QUEUE)
     logger.info(
         "job %s: %s -> %s%s", job.id, current.value, to.value, f" ({reason})" if reason else ""
     )

@@ -112,21 +112,43 @@ def promote_due(session: Session, now: datetime | None = None) -> int:
     return len(due)
 
 
-def queued_candidates(session: Session, limit: int = CANDIDATES) -> list[Job]:
-    """The head of the queue, in order, locked for this unit of work."""
-    return list(
-        session.exec(
-            select(Job)
-            .where(Job.state == JobState.queued.value)
-            .order_by(col(Job.priority).desc(), col(Job.id))
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        ).all()
+def queued_candidates(session: Session, limit: int = CANDIDATES, *, lock: bool = True) -> list[Job]:
+    """The head of the queue, in order; locked for this unit of work unless ``lock`` is
+    False (then lock each job taken with :func:`lock_queued`)."""
+    statement = (
+        select(Job)
+        .where(Job.state == JobState.queued.value)
+        .order_by(col(Job.priority).desc(), col(Job.id))
+        .limit(limit)
     )
+    if lock:
+        statement = statement.with_for_update(skip_locked=True)
+    return list(session.exec(statement).all())
 
 
-def assign(session: Session, job: Job, app_session: AppSession, *, lease: timedelta) -> None:
-    """Hand ``job`` to ``app_session`` as a new attempt (its fencing number goes up)."""
+def lock_queued(session: Session, job_id: int) -> Job | None:
+    """The job, locked, if it is still queued and nobody else holds it."""
+    return session.exec(
+        select(Job)
+        .where(Job.id == job_id, Job.state == JobState.queued.value)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    ).first()
+
+
+def assign(
+    session: Session,
+    job: Job,
+    app_session: AppSession,
+    *,
+    lease: timedelta,
+    wake_session: bool = True,
+) -> None:
+    """Hand ``job`` to ``app_session`` as a new attempt (its fencing number goes up).
+
+    ``wake_session`` tells a runner waiting for work; a session that asked for this
+    job itself need not be told.
+    """
     job.attempt += 1
     job.session_id = app_session.id
     job.lease_expires_at = utcnow() + lease
@@ -135,7 +157,8 @@ def assign(session: Session, job: Job, app_session: AppSession, *, lease: timede
     app_session.job_id = job.id
     app_session.idle_since = None
     session.add(app_session)
-    signals.announce(session, signals.session_channel(app_session.id or 0))
+    if wake_session:
+        signals.announce(session, signals.session_channel(app_session.id or 0))
     logger.info("job %s attempt %d -> session %s", job.id, job.attempt, app_session.id)
 
 
@@ -161,6 +184,6 @@ def claim_for_session(
             continue
         if job.release_id != app_session.release_id or job.owner_id != app_session.owner_id:
             return None
-        assign(session, job, app_session, lease=lease)
+        assign(session, job, app_session, lease=lease, wake_session=False)
         return job
     return None

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlmodel import col, select
 
@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 #: Extra time past a job's limit before the portal itself stops it.
 TIME_LIMIT_GRACE = timedelta(seconds=30)
+#: How often the database is scanned for lost, overdue and idle work, in seconds.
+SCAN_INTERVAL = 0.5
 #: How often every live session is polled through the launcher, in seconds.
 POLL_INTERVAL = 1.0
 #: How often the launcher's sessions are compared with the database, in seconds.
@@ -59,16 +61,22 @@ class Reaper:
         self.settings = settings
         self._last_poll = 0.0
         self._last_orphans = 0.0
+        self._last_scan = 0.0
 
     def became_leader(self) -> None:
         """Check everything at once when leadership begins (e.g. after a restart)."""
         self._last_poll = 0.0
         self._last_orphans = 0.0
+        self._last_scan = 0.0
 
     def reap_once(self) -> None:
+        now = time.monotonic()
+        # the leader's rounds follow every wake-up; the scans need not
+        if now - self._last_scan < SCAN_INTERVAL:
+            return
+        self._last_scan = now
         self._expired_leases()
         self._past_time_limit()
-        now = time.monotonic()
         if now - self._last_orphans >= ORPHAN_INTERVAL:
             self._last_orphans = now
             self.reconcile()
@@ -107,9 +115,13 @@ class Reaper:
         now = utcnow()
         stops: list[tuple[int, str]] = []
         with session_scope() as session:
+            # a job that started within the grace cannot be past its limit and the grace
             running = session.exec(
                 select(Job)
-                .where(Job.state == JobState.running.value, col(Job.started_at).is_not(None))
+                .where(
+                    Job.state == JobState.running.value,
+                    col(Job.started_at) < now - TIME_LIMIT_GRACE,
+                )
                 .with_for_update(skip_locked=True)
             ).all()
             for job in running:
@@ -207,14 +219,23 @@ class Reaper:
         idle = timedelta(seconds=self.settings.solve_idle_seconds)
         stops: list[tuple[int, str, str]] = []
         with session_scope() as session:
-            for app_session in session.exec(
-                select(AppSession)
-                .where(
+            for seen in session.exec(
+                select(AppSession).where(
                     col(AppSession.state).not_in([s.value for s in ENDED_SESSION_STATES]),
                     AppSession.launcher == self.launcher.kind,
                 )
-                .with_for_update(skip_locked=True)
             ).all():
+                if not self._overdue(seen, now, start_timeout, silence, idle):
+                    continue
+                # lock only the sessions acted on: busy runners update theirs all the time
+                app_session = session.exec(
+                    select(AppSession)
+                    .where(AppSession.id == seen.id)
+                    .with_for_update(skip_locked=True)
+                    .execution_options(populate_existing=True)
+                ).first()
+                if app_session is None:
+                    continue
                 state = app_session.state
                 why = ""
                 if state in (SessionState.pending.value, SessionState.starting.value):
@@ -239,6 +260,23 @@ class Reaper:
                 stops.append((app_session.id or 0, app_session.handle, why))
         for session_id, handle, why in stops:
             stop_session(self.launcher, session_id, handle, detail=why)
+
+    @staticmethod
+    def _overdue(
+        app_session: AppSession,
+        now: datetime,
+        start_timeout: timedelta,
+        silence: timedelta,
+        idle: timedelta,
+    ) -> bool:
+        """Whether the session may need stopping (decided again once it is locked)."""
+        if app_session.state in (SessionState.pending.value, SessionState.starting.value):
+            return app_session.created_at + start_timeout < now
+        if app_session.state == SessionState.ready.value:
+            heard = app_session.last_heartbeat_at or app_session.created_at
+            waiting = app_session.idle_since is not None and app_session.idle_since + idle < now
+            return heard + silence < now or waiting
+        return app_session.state == SessionState.stopping.value
 
     def reconcile(self) -> None:
         """Make the launcher's sessions and the database's live sessions agree."""

@@ -442,15 +442,18 @@ def finish_job(
         reason = ""
     elif not reason:
         reason = f"exit code {exit_code}" if exit_code is not None else state.value
-    lifecycle.move_job(session, job, state, reason=reason)
+    # the dispatcher hears of it below, unless this session takes the next job itself
+    lifecycle.move_job(session, job, state, reason=reason, wake_dispatcher=False)
 
     app_session = session.get(AppSession, runner.app_session.id, with_for_update=True)
     if app_session is None:
+        signals.announce(session, signals.QUEUE)
         return None
     app_session.job_id = None
     app_session.last_heartbeat_at = utcnow()
     session.add(app_session)
     runner = RunnerSession(app_session, runner.owner)
     if app_session.state != SessionState.ready.value:
+        signals.announce(session, signals.QUEUE)
         return None
-    return next_job(session, runner=runner)
+    return next_job(session, runner=runner)  # announces when the session goes idle

@@ -116,7 +116,7 @@ def upgrade() -> None:
     )
     op.create_index(op.f('ix_jobs_app_id'), 'jobs', ['app_id'], unique=False)
     op.create_index(op.f('ix_jobs_owner_id'), 'jobs', ['owner_id'], unique=False)
-    op.create_index('ix_jobs_queue', 'jobs', ['state', 'priority', 'id'], unique=False)
+    op.create_index('ix_jobs_queue', 'jobs', ['state', sa.text('priority DESC'), 'id'], unique=False)
     op.create_index(op.f('ix_jobs_release_id'), 'jobs', ['release_id'], unique=False)
     op.create_index(op.f('ix_jobs_session_id'), 'jobs', ['session_id'], unique=False)
     op.create_index(op.f('ix_jobs_state'), 'jobs', ['state'], unique=False)
