@@ -149,7 +149,7 @@ def test_children_of_a_cancelled_procedure_end_too(solve_portal: SolvePortal) ->
 
 
 class PortalProcess:
-    """``tests.scheduler.portal_process`` on a port of its own; killed and started at will."""
+    """``python -m aimms_portal.backend`` on a port of its own; killed and started at will."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.env = env
@@ -159,7 +159,7 @@ class PortalProcess:
     def start(self) -> None:
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tests.scheduler.portal_process"],
+                [sys.executable, "-m", "aimms_portal.backend"],
                 cwd=REPO_ROOT,
                 env=self.env,
                 stdout=out,
