@@ -2,9 +2,10 @@
 
 Server-side commands (``run``, ``db``, ``admin create``) act on the portal of the current
 settings. Client-side commands (``login``, ``whoami``, ``tokens``, ``runtime``, ``app``,
-``admin trust-key``) talk to a portal over its REST API with a token kept in the user's
-config folder (mode 600). ``runtime keygen|build|sign`` and ``app pack`` work on local
-files only (``app pack --encrypt-for-portal`` fetches the portal's public key).
+``case``, ``job``, ``admin trust-key``) talk to a portal over its REST API with a token
+kept in the user's config folder (mode 600). ``runtime keygen|build|sign`` and ``app
+pack`` work on local files only (``app pack --encrypt-for-portal`` fetches the portal's
+public key).
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from aimms_portal.client import PortalClient, PortalClientError
+from aimms_portal.client import PortalClient, PortalClientError, job_outcome
 
 app = typer.Typer(
     help="Self-hosted portal for optimization apps.", no_args_is_help=True, add_completion=False
@@ -816,6 +818,305 @@ def case_delete(case_id: Annotated[int, typer.Argument(help="Id from `case list`
     with _stored_client() as client:
         client.delete_case(case_id)
     typer.echo(f"Case {case_id} deleted.")
+
+
+# -- jobs ----------------------------------------------------------------------------------
+
+job_app = typer.Typer(
+    help="Solve jobs: submit, follow, wait for results, cancel and delete.",
+    no_args_is_help=True,
+)
+app.add_typer(job_app, name="job")
+
+#: The exit status of ``job submit --wait`` and ``job wait`` by how the job ended; the
+#: command's own errors exit with 1, wrong usage with 2.
+JOB_EXIT_CODES = {"succeeded": 0, "failed": 3, "cancelled": 4, "timed_out": 5}
+WAIT_HELP = "0 if the job succeeded, 3 failed, 4 cancelled, 5 timed out; 1 an error."
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _argument_value(raw: str) -> Any:
+    """``raw`` as JSON when it is valid JSON (``42``, ``true``, ``[1, 2]``), else as text.
+
+    NaN and Infinity are not JSON (the portal refuses them), so they stay text too.
+    """
+    try:
+        return json.loads(raw, parse_constant=_not_json)
+    except ValueError:
+        return raw
+
+
+def _job_arguments(pairs: list[str], arguments_file: Path | None) -> dict[str, Any] | None:
+    """The job's arguments: the object in ``arguments_file``, then each KEY=VALUE on top."""
+    if not pairs and arguments_file is None:
+        return None
+    arguments: dict[str, Any] = {}
+    if arguments_file is not None:
+        with _local_errors():
+            text = arguments_file.read_text(encoding="utf-8")
+        try:
+            loaded = json.loads(text, parse_constant=_not_json)
+        except ValueError as exc:
+            raise _fail(f"{arguments_file} is not valid JSON: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise _fail(f"{arguments_file} must hold a JSON object of arguments.")
+        arguments.update(loaded)
+    for pair in pairs:
+        key, equals, raw = pair.partition("=")
+        if not equals or not key:
+            raise _fail(f"--arg takes KEY=VALUE, not {pair!r}.")
+        arguments[key] = _argument_value(raw)
+    return arguments
+
+
+def _start_time(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise _fail(
+            f"--start-at takes an ISO 8601 time such as 2026-12-24T18:00:00Z, not {text!r}."
+        ) from exc
+    if when.tzinfo is None:
+        raise _fail(f"--start-at needs a time zone: {text}Z (UTC) or {text}+01:00, say.")
+    return when
+
+
+def _waiting(job_id: int) -> None:
+    if sys.stderr.isatty():
+        typer.echo(f"Waiting for job {job_id} to finish...", err=True)
+
+
+def _exit_as_job(job: dict[str, Any]) -> None:
+    """End the command with the exit status of how the job ended (0 only if it succeeded)."""
+    status = JOB_EXIT_CODES.get(job["state"], 1)
+    if status:
+        raise typer.Exit(status)
+
+
+@job_app.command("submit", epilog=f"Exit status with --wait: {WAIT_HELP}")
+def job_submit(
+    app_name: Annotated[str, typer.Argument(metavar="APP", help="The app.")],
+    procedure: Annotated[
+        str, typer.Argument(metavar="PROCEDURE", help="One of the app's solve procedures.")
+    ],
+    input_file: Annotated[
+        Path | None, typer.Option("--input", help="A file to upload as the input case.")
+    ] = None,
+    input_case: Annotated[
+        int | None, typer.Option(help="An input case uploaded before (id from `case list`).")
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="A release (default: latest).")] = None,
+    arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--arg",
+            metavar="KEY=VALUE",
+            help="An argument for the procedure; VALUE is read as JSON when it is JSON, "
+            "else as text. Repeat.",
+        ),
+    ] = None,
+    arguments_file: Annotated[
+        Path | None, typer.Option(help="A JSON object of arguments (--arg adds to it).")
+    ] = None,
+    priority: Annotated[int, typer.Option(help="-100 to 100; above 0 for admins only.")] = 0,
+    time_limit: Annotated[
+        int | None, typer.Option(min=1, help="Seconds (default and most: the app's limit).")
+    ] = None,
+    start_at: Annotated[
+        str | None, typer.Option(help="Not before this time (ISO 8601, with a time zone).")
+    ] = None,
+    hook_url: Annotated[
+        str | None, typer.Option(help="An address that gets a signed POST on each state change.")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait until the job ends; exit with how it ended.")
+    ] = False,
+) -> None:
+    """Submit a solve job: run one procedure of an app on an input case."""
+    if input_file is not None and input_case is not None:
+        raise _fail("Give --input or --input-case, not both.")
+    if input_file is not None and not input_file.is_file():
+        raise _fail(f"{input_file} is not a file.")
+    arguments = _job_arguments(arg or [], arguments_file)
+    when = _start_time(start_at) if start_at is not None else None
+    with _stored_client() as client:
+        job = client.submit(
+            app_name,
+            procedure,
+            input=input_file,
+            input_case_id=input_case,
+            version=version,
+            arguments=arguments,
+            priority=priority,
+            time_limit_s=time_limit,
+            start_at=when,
+            hook_url=hook_url,
+            progress=_progress(f"Uploading {input_file.name}") if input_file else None,
+        )
+        on_input = f", input case {job['input_case_id']}" if job["input_case_id"] else ""
+        typer.echo(
+            f"Job {job['id']} {job['state']}: {job['app']} {job['version']}, "
+            f"procedure {job['procedure']}{on_input}."
+        )
+        if job["hook_secret"]:
+            typer.echo(f"Its state hooks are signed with the key {job['hook_secret']}.")
+        if not wait:
+            return
+        _waiting(job["id"])
+        job = client.wait(job["id"])
+    typer.echo(job_outcome(job))
+    _exit_as_job(job)
+
+
+@job_app.command("list")
+def job_list(
+    state: Annotated[
+        str | None, typer.Option(help="Only jobs in this state, or active, or finished.")
+    ] = None,
+    app_name: Annotated[str | None, typer.Option("--app", help="Only jobs of this app.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Everyone's jobs (admins).")] = False,
+) -> None:
+    """List your jobs, newest first."""
+    with _stored_client() as client:
+        rows = client.list_jobs(state=state, app=app_name, all_users=all_)
+    owner = f" {'OWNER':<16}" if all_ else ""
+    typer.echo(
+        f"{'ID':>6}  {'STATE':<10} {'APP':<20} {'VERSION':<10} {'PROCEDURE':<16}{owner} "
+        f"{'CREATED':<16}  REASON"
+    )
+    for row in rows:
+        owner = f" {row['owner'][:16]:<16}" if all_ else ""
+        created = row["created_at"][:16].replace("T", " ")
+        line = (
+            f"{row['id']:>6}  {row['state']:<10} {row['app'][:20]:<20} "
+            f"{row['version'][:10]:<10} {row['procedure'][:16]:<16}{owner} {created:<16}  "
+            f"{row['reason']}"
+        )
+        typer.echo(line.rstrip())
+
+
+@job_app.command("show")
+def job_show(
+    job_id: Annotated[int, typer.Argument(help="Id from `job list`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
+) -> None:
+    """Show one job: its state, attempts, cases, arguments and times."""
+    with _stored_client() as client:
+        job = client.get_job(job_id)
+    if as_json:
+        typer.echo(json.dumps(job, indent=2))
+        return
+
+    def when(value: str | None) -> str:
+        return value[:19].replace("T", " ") + " UTC" if value else "-"
+
+    state = job["state"] + (f" ({job['reason']})" if job["reason"] else "")
+    if job["cancel_requested"] and job["state"] not in JOB_EXIT_CODES:
+        state += ", cancel asked"
+    fields = [
+        ("owner", job["owner"]),
+        ("state", state),
+        ("attempt", f"{job['attempt']} of {job['max_attempts']}"),
+        ("priority", str(job["priority"])),
+        ("time limit", f"{job['time_limit_s']} s"),
+        ("start at", when(job["start_at"])),
+        ("input case", str(job["input_case_id"] or "-")),
+        ("output case", str(job["output_case_id"] or "-")),
+        ("arguments", json.dumps(job["arguments"]) if job["arguments"] else "-"),
+        ("exit code", "-" if job["exit_code"] is None else str(job["exit_code"])),
+        ("hook URL", job["hook_url"] or "-"),
+        ("created", when(job["created_at"])),
+        ("started", when(job["started_at"])),
+        ("finished", when(job["finished_at"])),
+    ]
+    typer.echo(f"Job {job['id']}: {job['app']} {job['version']}, procedure {job['procedure']}")
+    for label, value in fields:
+        typer.echo(f"  {label:<12} {value}")
+
+
+@job_app.command("cancel")
+def job_cancel(job_id: Annotated[int, typer.Argument(help="Id from `job list`.")]) -> None:
+    """Cancel a job: a waiting one at once, a running one within about a second."""
+    with _stored_client() as client:
+        job = client.cancel_job(job_id)
+    if job["state"] == "cancelled":
+        typer.echo(f"Job {job['id']} cancelled.")
+    else:
+        typer.echo(
+            f"Job {job['id']} is {job['state']}: asked to stop, it ends within about a second."
+        )
+
+
+@job_app.command("delete")
+def job_delete(
+    job_id: Annotated[int | None, typer.Argument(help="Id from `job list`.")] = None,
+    finished: Annotated[
+        bool, typer.Option("--finished", help="Delete all your finished jobs instead.")
+    ] = False,
+    app_name: Annotated[
+        str | None, typer.Option("--app", help="With --finished: only this app's.")
+    ] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="With --finished: everyone's (admins).")
+    ] = False,
+) -> None:
+    """Delete a finished job with its log and cases (or, with --finished, all of them)."""
+    if (job_id is None) != finished:
+        raise _fail("Give a job id, or --finished for every finished job (not both).")
+    if job_id is not None and (app_name is not None or all_):
+        raise _fail("--app and --all go with --finished.")
+    with _stored_client() as client:
+        if job_id is not None:
+            client.delete_job(job_id)
+            typer.echo(f"Job {job_id} deleted.")
+            return
+        deleted = client.delete_jobs(app=app_name, all_users=all_)
+    typer.echo(f"Deleted {deleted} finished job(s)." if deleted else "No finished jobs to delete.")
+
+
+@job_app.command("logs")
+def job_logs(
+    job_id: Annotated[int, typer.Argument(help="Id from `job list`.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the job has finished.")
+    ] = False,
+) -> None:
+    """Print a job's log (every attempt's, with the portal's own notes)."""
+    with _stored_client() as client:
+        for chunk in client.logs(job_id, follow=follow):
+            typer.echo(chunk["text"], nl=False)
+
+
+@job_app.command("wait", epilog=f"Exit status: {WAIT_HELP}")
+def job_wait(
+    job_id: Annotated[int, typer.Argument(help="Id from `job list`.")],
+    timeout: Annotated[
+        float | None, typer.Option(min=0, help="Give up waiting after this many seconds.")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Write the output case here if the job succeeds."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace the output file if it exists.")] = False,
+) -> None:
+    """Wait until a job has finished; print how it ended (and fetch its output)."""
+    if output is not None and output.exists() and not output.is_dir() and not force:
+        raise _fail(f"{output} exists already; give --force to replace it.")
+    with _stored_client() as client:
+        _waiting(job_id)
+        job = client.wait(job_id, timeout=timeout)
+        typer.echo(job_outcome(job))
+        if output is not None and job["state"] == "succeeded":
+            written = client.result(job["id"], output, progress=_progress("Downloading output"))
+            typer.echo(f"Wrote output case {job['output_case_id']} to {written}.")
+        elif output is not None:
+            kept = job["output_case_id"]
+            hint = f"; its output case: `aimms-portal case download {kept}`" if kept else ""
+            typer.echo(f"Nothing written to {output}: the job did not succeed{hint}.", err=True)
+    _exit_as_job(job)
 
 
 if __name__ == "__main__":
