@@ -11,7 +11,6 @@ digest), as a portal's machine would.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -83,8 +82,10 @@ elif mode == "wheel":
         f.write(corpus_demo.VERSION)
 elif mode == "env":
     keep = ("AIMMS_PORTAL_URL", "AIMMS_PORTAL_SESSION_ID", "AIMMS_PORTAL_JOB_ID", "VIRTUAL_ENV")
+    seen = {k: os.environ.get(k) for k in keep}
+    seen["token"] = bool(os.environ.get("AIMMS_PORTAL_TOKEN"))
     with open(out, "w") as f:
-        f.write(json.dumps({k: os.environ.get(k) for k in keep} | {"token": bool(os.environ.get("AIMMS_PORTAL_TOKEN"))}))
+        f.write(json.dumps(seen))
 elif mode == "spawn":
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     with open(args["journal"], "a") as f:

@@ -232,7 +232,7 @@ def requeue_or_fail(session: Session, job: Job, reason: str) -> None:
     """
     if job.cancel_requested:
         lifecycle.note_in_log(session, job, f"[portal] cancelled ({reason})")
-        lifecycle.move_job(session, job, JobState.cancelled, reason="cancelled")
+        lifecycle.move_job(session, job, JobState.cancelled, reason=job.reason or "cancelled")
         return
     if job.attempt >= job.max_attempts:
         lifecycle.note_in_log(

@@ -151,7 +151,10 @@ def assign(
     """
     job.attempt += 1
     job.session_id = app_session.id
-    job.lease_expires_at = utcnow() + lease
+    # a new session's lease starts when its runner takes the job: preparing a runtime
+    # for the first time can take longer than a lease (the start timeout covers it)
+    ready = app_session.state == SessionState.ready.value
+    job.lease_expires_at = utcnow() + lease if ready else None
     job.cancel_requested = False
     lifecycle.move_job(session, job, JobState.starting, reason="")
     app_session.job_id = job.id

@@ -359,7 +359,7 @@ def cancel_job(session: Session, *, actor: User, job_id: int, source_ip: str = "
         )
     else:
         job.cancel_requested = True
-        job.reason = f"cancel asked by {actor.username}"
+        job.reason = f"cancelled by {actor.username}"
         session.add(job)
         if job.session_id:
             signals.announce(session, signals.session_channel(job.session_id))

@@ -209,15 +209,11 @@ def next_job(session: Session, *, runner: RunnerSession) -> Job | None:
         session.add(app_session)
     if app_session.job_id is not None:
         job = session.get(Job, app_session.job_id)
-        if (
-            job is not None
-            and job.session_id == app_session.id
-            and job.state
-            in (
-                JobState.starting.value,
-                JobState.running.value,
-            )
-        ):
+        active = (JobState.starting.value, JobState.running.value)
+        if job is not None and job.session_id == app_session.id and job.state in active:
+            if job.lease_expires_at is None:  # handed over before the session was ready
+                job.lease_expires_at = now + timedelta(seconds=get_settings().job_lease_seconds)
+                session.add(job)
             return job
         app_session.job_id = None
     settings = get_settings()
@@ -440,6 +436,8 @@ def finish_job(
     job.exit_code = exit_code
     if state == JobState.succeeded:
         reason = ""
+    elif state == JobState.cancelled and job.cancel_requested:
+        reason = job.reason  # who asked for it
     elif not reason:
         reason = f"exit code {exit_code}" if exit_code is not None else state.value
     # the dispatcher hears of it below, unless this session takes the next job itself

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 from sqlmodel import col, select
 
 from aimms_portal.db import REPO_ROOT, session_scope
