@@ -11,8 +11,8 @@ from aimms_portal.api.app import create_api
 from aimms_portal.config import get_settings
 from aimms_portal.db import session_scope
 from aimms_portal.errors import PortalError
-from aimms_portal.logs import configure_logging
 from aimms_portal.launchers import get_launcher
+from aimms_portal.logs import configure_logging
 from aimms_portal.scheduler.service import Scheduler
 from aimms_portal.services import audit, jobs
 from aimms_portal.ui.pages import (
@@ -23,13 +23,16 @@ from aimms_portal.ui.pages import (
     admin_users,
     app_details,
     catalogue,
+    job_details,
     launch,
     login,
+    new_job,
     publish,
     runtimes,
     tokens,
     upcoming,
 )
+from aimms_portal.ui.pages import jobs as jobs_ui
 from aimms_portal.ui.state import PAGE_LOADERS, SessionState
 
 logger = logging.getLogger(__name__)
@@ -92,7 +95,9 @@ _signed_on = [
     (launch.launch_version_page, "/launch/[name]/[version]", "Launch", [launch.LaunchState.load]),
     # publishers, and writers of an app who are not publishers: the service decides
     (publish.publish_page, "/publish", "Publish", []),
-    (upcoming.jobs_page, "/jobs", "Jobs", []),
+    (jobs_ui.jobs_page, "/jobs", "Jobs", [jobs_ui.JobsState.open]),
+    (new_job.new_job_page, "/jobs/new", "New job", [new_job.NewJobState.load]),
+    (job_details.job_page, "/jobs/[id]", "Job", [job_details.JobState.load]),
     (upcoming.sessions_page, "/sessions", "Sessions", []),
     (tokens.tokens_page, "/tokens", "API tokens", [tokens.TokensState.load]),
     (account.account_page, "/account", "Your account", []),

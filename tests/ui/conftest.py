@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from aimms_portal.db import REPO_ROOT
+from aimms_portal.launchers.local import LocalLauncher
 from tests.helpers import migrated_database
 
 CHROMIUM = os.environ.get("AIMMS_TEST_CHROMIUM") or shutil.which("chromium") or ""
@@ -95,6 +96,9 @@ def _serve(tmp_path: Path, database_url: str) -> Iterator[Portal]:
         AIMMS_PORTAL_DATA_DIR=str(tmp_path / "data"),
         AIMMS_PORTAL_PUBLIC_URL=url,
         AIMMS_PORTAL_PORT=str(port),
+        AIMMS_PORTAL_RUNNER_PORTAL_URL=f"http://127.0.0.1:{port}",
+        AIMMS_PORTAL_SESSIONS_DIR=str(tmp_path / "sessions"),
+        AIMMS_PORTAL_RUNTIME_CACHE_DIR=str(tmp_path / "runtime-cache"),
         AIMMS_PORTAL_ADMIN_USERNAME="admin",
         AIMMS_PORTAL_ADMIN_PASSWORD=ADMIN_PASSWORD,
         REFLEX_TELEMETRY_ENABLED="false",
@@ -143,6 +147,9 @@ def _serve(tmp_path: Path, database_url: str) -> Iterator[Portal]:
             project=project,
         )
     finally:
+        # solve sessions run in process sessions of their own: stop them first (their
+        # open connections would hold up the server's shutdown) and again at the end
+        _stop_sessions(tmp_path / "sessions")
         # the server runs in its own process group: stop the group, workers included
         try:
             os.killpg(process.pid, 15)
@@ -150,6 +157,13 @@ def _serve(tmp_path: Path, database_url: str) -> Iterator[Portal]:
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(process.pid, 9)
             process.wait()
+        _stop_sessions(tmp_path / "sessions")
+
+
+def _stop_sessions(sessions_dir: Path) -> None:
+    launcher = LocalLauncher(sessions_dir)
+    for handle in launcher.list_sessions().values():
+        launcher.stop(handle, grace_seconds=1)
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,6 @@ import reflex as rx
 from aimms_portal.ui.layout import not_built
 
 
-def jobs_page() -> rx.Component:
-    return not_built("Jobs", "Your solve jobs and their logs will be listed here.", "solve jobs")
-
-
 def sessions_page() -> rx.Component:
     return not_built(
         "Sessions",
