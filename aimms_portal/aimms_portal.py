@@ -11,7 +11,7 @@ from aimms_portal.api.app import create_api
 from aimms_portal.config import get_settings
 from aimms_portal.db import session_scope
 from aimms_portal.errors import PortalError
-from aimms_portal.launchers import get_launcher
+from aimms_portal.launchers import LauncherError, get_launcher
 from aimms_portal.logs import configure_logging
 from aimms_portal.scheduler.service import Scheduler
 from aimms_portal.services import audit, jobs
@@ -73,7 +73,13 @@ async def run_scheduler() -> None:
     Stopping the portal gives the leadership up at once; running sessions go on and are
     adopted by the next leader.
     """
-    scheduler = Scheduler(get_launcher(), get_settings(), maintenance=_purge_jobs)
+    try:
+        launcher = get_launcher()
+    except LauncherError as exc:
+        # the portal still serves everything else; jobs wait until a launcher is set up
+        logger.error("no scheduler in this process: %s", exc.message)
+        return
+    scheduler = Scheduler(launcher, get_settings(), maintenance=_purge_jobs)
     scheduler.start()
     try:
         await asyncio.Event().wait()
