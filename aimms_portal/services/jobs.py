@@ -133,8 +133,9 @@ def submit_job(
     )
     session.add(job)
     session.flush()
-    if input_case is not None and input_case.job_id is None:
-        input_case.job_id = job.id  # the case goes with the job (retention, delete)
+    if input_case is not None and input_case.job_id is None and input_case.kind == "input":
+        # an input case goes with its first job (retention, delete); saved data never
+        input_case.job_id = job.id
         session.add(input_case)
     if hook:
         lifecycle.queue_hook(session, job)

@@ -338,18 +338,21 @@ def append_log(
     if used >= limit:
         return 0
     kept = 0
-    by_stream: dict[str, list[str]] = {}
+    # one row per run of lines of one stream: few rows, and the order of the lines holds
+    runs: list[tuple[str, list[str]]] = []
     for stream, text in batch:
         line = text[:MAX_LINE]
         if used + len(line) > limit:
-            by_stream.setdefault("stderr", []).append("[portal] the log was cut off here\n")
+            runs.append(("stderr", ["[portal] the log was cut off here\n"]))
             used = limit
             break
         used += len(line)
-        by_stream.setdefault(stream, []).append(line)
+        if runs and runs[-1][0] == stream:
+            runs[-1][1].append(line)
+        else:
+            runs.append((stream, [line]))
         kept += 1
-    # one row per stream and report keeps the table small; order within a stream holds
-    for stream, texts in by_stream.items():
+    for stream, texts in runs:
         session.add(
             JobLogChunk(job_id=job.id or 0, attempt=attempt, stream=stream, text="".join(texts))
         )

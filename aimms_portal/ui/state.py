@@ -38,7 +38,7 @@ def _run_in_session(fn: Callable[..., T], kwargs: dict[str, Any]) -> T:
         return fn(session, **kwargs)
 
 
-async def call_service(fn: Callable[..., T], **kwargs: Any) -> T:
+async def call_service(fn: Callable[..., T], /, **kwargs: Any) -> T:
     """Run a service function in its own unit of work, off the event loop."""
     return await asyncio.to_thread(_run_in_session, fn, kwargs)
 
@@ -168,7 +168,7 @@ def failure(exc: PortalError) -> Any:
     return rx.toast.error(exc.message)
 
 
-async def call_as_user(state: rx.State, fn: Callable[..., T], **kwargs: Any) -> T:
+async def call_as_user(state: rx.State, fn: Callable[..., T], /, **kwargs: Any) -> T:
     """Run a service function on behalf of the signed-on user of ``state``'s tab.
 
     The user is looked up from the log-on cookie again for this one call, so rights
