@@ -109,13 +109,21 @@ class Runner:
             app_dir = prepare_bundle(self.api, info["bundle"], self.work_dir)
         except PrepareError as exc:
             logger.error("cannot prepare the session: %s", exc)
+            self._report_failure(f"the session could not be prepared: {exc}")
             return EXIT_PREPARE
         self.api.call("POST", "/runner/ready")
         logger.info("session ready")
         if self.kind == "solve":
             return self._serve_jobs(env_dir, app_dir)
         logger.error("this runner cannot serve %r sessions yet", self.kind)
+        self._report_failure(f"{self.kind} sessions cannot be run yet")
         return EXIT_PREPARE
+
+    def _report_failure(self, reason: str) -> None:
+        try:
+            self.api.call("POST", "/runner/failed", {"reason": reason[:500]})
+        except PortalAPIError as exc:
+            logger.warning("could not tell the portal: %s", exc)
 
     def _serve_jobs(self, env_dir: Path, app_dir: Path) -> int:
         job: dict[str, Any] | None = None

@@ -185,6 +185,18 @@ def mark_ready(session: Session, *, runner: RunnerSession) -> None:
     lifecycle.move_session(session, app_session, SessionState.ready)
 
 
+def session_failed(session: Session, *, runner: RunnerSession, reason: str) -> None:
+    """The runner gives up on its session (e.g. the runtime cannot be prepared).
+
+    The session ends as failed with ``reason``; a job in it goes back to the queue (or
+    fails, when its attempts are used up) with that reason.
+    """
+    from aimms_portal.scheduler.dispatcher import end_session
+
+    app_session = _locked(session, runner)
+    end_session(session, app_session, failed=True, detail=reason[:480] or "the runner failed")
+
+
 def session_heartbeat(session: Session, *, runner: RunnerSession) -> bool:
     """Record that the session lives; returns whether it should stop."""
     app_session = _locked(session, runner)

@@ -104,6 +104,17 @@ def ready(runner: RunnerDep) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+class FailedIn(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+@router.post("/failed", status_code=status.HTTP_204_NO_CONTENT)
+def failed(body: FailedIn, runner: RunnerDep) -> Response:
+    """The runner gives up on the session; ``reason`` says why (shown to its user)."""
+    _in_session(runner_ops.session_failed, runner=runner, reason=body.reason)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 @router.post("/heartbeat")
 def heartbeat(runner: RunnerDep) -> dict[str, bool]:
     """The session lives; ``stop`` says whether it should end."""
