@@ -255,12 +255,16 @@ def _portal_errors(*, stored_token: bool = False) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _stored_client() -> Iterator[PortalClient]:
-    """A client with the kept credentials, its errors turned into messages."""
-    credentials = _load_credentials()
-    with (
-        _portal_errors(stored_token=True),
-        PortalClient(credentials["url"], credentials["token"]) as client,
-    ):
+    """A client with the kept credentials, its errors turned into messages.
+
+    Inside an app session (``AIMMS_PORTAL_URL`` and ``AIMMS_PORTAL_TOKEN`` set by the
+    portal) the session's own token is used, so an app's scripts need no log-on.
+    """
+    url, token = os.environ.get("AIMMS_PORTAL_URL"), os.environ.get("AIMMS_PORTAL_TOKEN")
+    if not (url and token):
+        credentials = _load_credentials()
+        url, token = credentials["url"], credentials["token"]
+    with _portal_errors(stored_token=True), PortalClient(url, token) as client:
         yield client
 
 

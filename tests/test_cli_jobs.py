@@ -309,3 +309,19 @@ def test_job_commands_need_a_log_on(cli_home: Path):
     result = cli("job", "list")
 
     assert_clean_failure(result, "Not logged in; run `aimms-portal login URL` first.")
+
+
+def test_inside_a_session_the_cli_uses_the_sessions_address_and_token(
+    solve_portal: SolvePortal, cli_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # no log-on: the portal gives every session these two variables
+    with solve_portal.client():
+        token = solve_portal.tokens["uma"]
+    monkeypatch.setenv("AIMMS_PORTAL_URL", solve_portal.url)
+    monkeypatch.setenv("AIMMS_PORTAL_TOKEN", token)
+
+    submitted = ok("job", "submit", SOLVER_APP, "echo", "--wait")
+
+    assert submitted.splitlines()[-1] == f"Job {submitted_id(submitted)} succeeded."
+    monkeypatch.delenv("AIMMS_PORTAL_TOKEN")
+    assert_clean_failure(cli("job", "list"), "Not logged in")
