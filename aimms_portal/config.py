@@ -144,6 +144,35 @@ class Settings(BaseSettings):
             "as failed (the first start of a runtime builds its environment)."
         ),
     )
+    max_sessions_per_user: int = Field(
+        2, ge=1, description="WebUI and desktop sessions one user may have at once (seats)."
+    )
+    max_webui_sessions: int = Field(
+        20, ge=1, description="WebUI sessions the launcher may run at once, for all users."
+    )
+    webui_idle_minutes: float = Field(
+        15.0,
+        gt=0,
+        description=(
+            "A WebUI session without proxied traffic or an open WebSocket for this long "
+            "is ended (culled)."
+        ),
+    )
+    webui_max_hours: float = Field(
+        12.0, gt=0, description="A WebUI or desktop session is ended this long after its start."
+    )
+    webui_answer_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="How long a WebUI session's app may take to answer once the runtime is ready.",
+    )
+    desktop_encrypted: bool = Field(
+        False,
+        description=(
+            "Allow desktop client sessions of encrypted releases (their bundle is then "
+            "decrypted on the user's computer)."
+        ),
+    )
     job_log_max_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Log kept per job attempt; the rest is cut off."
     )

@@ -22,7 +22,7 @@ import pytest
 import uvicorn
 from sqlmodel import col, select
 
-from aimms_portal import config
+from aimms_portal import config, launchers
 from aimms_portal.api.app import create_api
 from aimms_portal.client import PortalClient
 from aimms_portal.db import session_scope
@@ -38,7 +38,7 @@ from tests.servers import free_port
 SOLVER_APP = "solver-app"
 
 #: The test app's procedures: one script, the first argument says what to do.
-PROCEDURES_PY = r'''
+PROCEDURES_PY = r"""
 import json, os, subprocess, sys, time
 
 mode = sys.argv[1]
@@ -91,7 +91,105 @@ elif mode == "spawn":
     with open(args["journal"], "a") as f:
         f.write(f"start {os.environ['AIMMS_PORTAL_JOB_ID']} {child.pid} {time.time():.3f}\n")
     time.sleep(600)
-'''
+"""
+
+#: The test app's WebUI: pages under the base path, a few JSON routes and a WebSocket
+#: echo (written with the standard library only: the test runtime has nothing else).
+WEB_PY = r"""
+import base64, hashlib, http.server, json, os, socket, struct, sys, time
+
+BASE = os.environ.get("AIMMS_PORTAL_BASE_PATH", "/")
+MODE = sys.argv[1] if len(sys.argv) > 1 else "serve"
+print(f"web: mode {MODE}, base {BASE}", flush=True)
+if MODE == "silent":
+    while True:
+        print("web: still thinking", flush=True)
+        time.sleep(0.5)
+if MODE == "crash":
+    print("web: cannot read my configuration", flush=True)
+    sys.exit(3)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _send(self, status, body, kind="application/json", extra=()):
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in extra:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if not self.path.startswith(BASE):
+            return self._send(404, b"{}")
+        rest = self.path[len(BASE):]
+        if rest == "":
+            app = os.environ.get("AIMMS_PORTAL_APP")
+            page = f"<html><body><h1 id='hello'>Hello from {app}</h1></body></html>"
+            return self._send(200, page.encode(), "text/html")
+        if rest == "api/headers":
+            return self._send(200, json.dumps(dict(self.headers)).encode())
+        if rest == "api/cookie":
+            extra = [
+                ("Set-Cookie", "aimms_portal_session=stolen; Path=/"),
+                ("Set-Cookie", "app=1; Path=" + BASE),
+            ]
+            return self._send(200, b"{}", extra=extra)
+        if rest == "ws" and self.headers.get("Upgrade", "").lower() == "websocket":
+            return self._websocket()
+        return self._send(404, b"{}")
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length", 0))
+        data = self.rfile.read(length)
+        digest = hashlib.sha256(data).hexdigest()
+        self._send(200, json.dumps({"size": len(data), "sha256": digest}).encode())
+
+    def _websocket(self):
+        key = self.headers["Sec-WebSocket-Key"]
+        magic = (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()
+        accept = base64.b64encode(hashlib.sha1(magic).digest()).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        conn = self.connection
+        while True:
+            head = conn.recv(2)
+            if len(head) < 2:
+                return
+            opcode, length = head[0] & 0x0F, head[1] & 0x7F
+            if length == 126:
+                length = struct.unpack(">H", conn.recv(2))[0]
+            elif length == 127:
+                length = struct.unpack(">Q", conn.recv(8))[0]
+            mask = conn.recv(4)
+            payload = bytearray()
+            while len(payload) < length:
+                payload += conn.recv(length - len(payload))
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+            if opcode == 8:
+                conn.sendall(b"\x88\x00")
+                return
+            reply = b"echo:" + data
+            if len(reply) < 126:
+                frame = bytes([0x81, len(reply)])
+            else:
+                frame = bytes([0x81, 126]) + struct.pack(">H", len(reply))
+            conn.sendall(frame + reply)
+
+    def log_message(self, *args):
+        pass
+
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
+print(f"web: serving on {server.server_port}", flush=True)
+server.serve_forever()
+"""
 
 MANIFEST = {
     "format": 1,
@@ -104,16 +202,21 @@ MANIFEST = {
         name: {"command": ["python", "procs.py", name]}
         for name in ("echo", "sleep", "fail", "wheel", "env", "spawn")
     },
+    "webui": {"command": ["python", "web.py"]},
     "resources": {"time_limit_s": 120},
 }
 
 
-def solver_bundle(folder: Path, version: str = "1.0") -> Path:
-    """The test app's bundle, version ``version``."""
+def solver_bundle(folder: Path, version: str = "1.0", *, webui_mode: str = "serve") -> Path:
+    r"""The test app's bundle, version ``version``; its WebUI serves, stays ``silent``
+    (never answers) or ``crash``\ es at start, as ``webui_mode`` says."""
     source = folder / f"solver-{version}"
     source.mkdir(parents=True)
-    (source / "app.json").write_text(json.dumps(MANIFEST | {"version": version}))
+    manifest = MANIFEST | {"version": version}
+    manifest["webui"] = {"command": ["python", "web.py", webui_mode]}
+    (source / "app.json").write_text(json.dumps(manifest))
     (source / "procs.py").write_text(PROCEDURES_PY)
+    (source / "web.py").write_text(WEB_PY)
     bundle = folder / f"solver-{version}.zip"
     pack_app(source, bundle)
     return bundle
@@ -154,9 +257,7 @@ class SolvePortal:
             assert job is not None
             return job
 
-    def wait_for(
-        self, job_id: int, predicate: Callable[[Job], bool], timeout: float = 60.0
-    ) -> Job:
+    def wait_for(self, job_id: int, predicate: Callable[[Job], bool], timeout: float = 60.0) -> Job:
         """Poll the database until ``predicate(job)`` holds; the job then."""
         deadline = time.monotonic() + timeout
         while True:
@@ -257,6 +358,7 @@ def solve_portal(
     for name, value in solve_settings.items():
         monkeypatch.setenv(name, value)
     config.get_settings.cache_clear()
+    launchers.get_launcher.cache_clear()
     settings = config.get_settings()
 
     publisher, user = publish_solver_app(tmp_path)
@@ -280,6 +382,7 @@ def solve_portal(
             launcher.stop(handle, grace_seconds=1)
         server.should_exit = True
         thread.join(timeout=10)
+        launchers.get_launcher.cache_clear()
 
 
 def upload_input(portal: SolvePortal, content: bytes, name: str = "input.json") -> int:
@@ -347,5 +450,3 @@ def process_alive(pid: int) -> bool:
             return f.read().split(") ")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
-
-

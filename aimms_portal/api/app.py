@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aimms_portal.api import API_PREFIX
+from aimms_portal.api import API_PREFIX, proxy
 from aimms_portal.api.routes import (
     apps,
     audit,
@@ -33,6 +33,7 @@ from aimms_portal.api.routes import (
     ops,
     runner,
     runtimes,
+    sessions,
     signing_keys,
     tokens,
     users,
@@ -220,6 +221,7 @@ def create_api() -> FastAPI:
             apps,
             cases,
             jobs,
+            sessions,
             runner,
         )
     ]
@@ -227,6 +229,7 @@ def create_api() -> FastAPI:
     for router in routers:
         api.include_router(router)
     api.include_router(ops.router)
+    api.include_router(proxy.router)
     _add_docs(api)
 
     @api.api_route(

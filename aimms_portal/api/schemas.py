@@ -386,3 +386,51 @@ class JobLogOut(BaseModel):
     chunks: list[LogChunkPublic]
     state: str
     finished: bool
+
+
+# -- sessions ----------------------------------------------------------------------------
+
+
+class SessionCreate(_Strict):
+    app: str = Field(min_length=1, max_length=64)
+    #: A release version; omitted: the release tagged latest.
+    version: str | None = Field(default=None, max_length=64)
+    #: ``webui`` (runs on the portal, opened through its proxy) or ``desktop`` (runs on
+    #: the caller's own computer, e.g. through ``aimms-portal desktop``).
+    kind: str = Field(default="webui", pattern="^(webui|desktop)$")
+
+
+class SessionPublic(BaseModel):
+    id: int
+    kind: str
+    app: str
+    version: str
+    owner: str
+    state: str
+    reason: str
+    #: Where the browser opens a WebUI session (through the portal's proxy).
+    url: str | None
+    created_at: datetime
+    ready_at: datetime | None
+    ended_at: datetime | None
+    last_activity_at: datetime | None
+    last_heartbeat_at: datetime | None
+    peak_memory_bytes: int | None
+    cpu_seconds: float | None
+    job_id: int | None
+
+
+class SessionLaunched(SessionPublic):
+    #: A desktop session's token, shown once: the client on the user's computer runs
+    #: the app with it. Never set for WebUI sessions (their token stays on the portal).
+    token: str | None = None
+
+
+class SessionEventPublic(BaseModel):
+    state: str
+    detail: str
+    at: datetime
+
+
+class SessionLogOut(BaseModel):
+    lines: list[str]

@@ -206,9 +206,14 @@ class AppSession(SQLModel, table=True):
     )
     version: str = Field(default="", max_length=64)
     state: str = Field(max_length=16, index=True)
-    #: The launcher kind that runs it, and the launcher's own name for it.
+    #: The launcher kind that runs it (``desktop``: the user's own computer), and the
+    #: launcher's own name for it.
     launcher: str = Field(max_length=16)
     handle: str = Field(default="", max_length=255)
+    #: ``host:port`` where a WebUI session's app answers (the proxy's target).
+    address: str = Field(default="", max_length=255)
+    #: The last lines of the session's log, kept when it ended (its log is gone then).
+    log_tail: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
     token_hash: str = Field(max_length=64, unique=True, index=True)
     token_expires_at: datetime = Field(sa_type=UTCDateTime)
     #: The job a solve session runs right now.

@@ -7,7 +7,8 @@ session id and kind) plus ``AIMMS_PORTAL_WORK_DIR`` (its working folder) and
 portal only through the REST API with the session token.
 
 A solve session asks for a job (a long poll), runs it, reports it, and asks again;
-the portal tells it to stop when it has been idle too long or is not needed. SIGTERM
+the portal tells it to stop when it has been idle too long or is not needed. A WebUI
+session runs the app's web server (see :mod:`aimms_portal.runner.webui`). SIGTERM
 (the launcher stopping the session) kills a running procedure and ends the runner at
 once, without reporting: the portal puts that job back in the queue itself.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -26,9 +28,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from aimms_portal import sdk
 from aimms_portal.runner.api import PortalAPI, PortalAPIError
 from aimms_portal.runner.prepare import PrepareError, prepare_bundle, prepare_runtime
 from aimms_portal.runner.procedure import StaleAttempt, run_job
+from aimms_portal.runner.webui import serve_webui
 
 logger = logging.getLogger("aimms_portal.runner")
 
@@ -67,7 +71,7 @@ def main() -> int:
     session_env = {
         k: v
         for k, v in os.environ.items()
-        if k.startswith("AIMMS_PORTAL_") or k in ("HOME", "LANG", "TMPDIR", "PORT")
+        if k.startswith("AIMMS_PORTAL_") or k in ("HOME", "LANG", "TMPDIR")
     }
     try:
         return Runner(api, kind, work_dir, cache_dir, session_env, stop).run()
@@ -111,17 +115,41 @@ class Runner:
             logger.error("cannot prepare the session: %s", exc)
             self._report_failure(f"the session could not be prepared: {exc}")
             return EXIT_PREPARE
+        self._offer_sdk(info)
+        if self.kind == "webui":
+            return serve_webui(
+                self.api,
+                info,
+                app_dir=app_dir,
+                env_dir=env_dir,
+                session_env=self.session_env,
+                stop=self.stop,
+                report_failure=self._report_failure,
+            )
         self.api.call("POST", "/runner/ready")
         logger.info("session ready")
         if self.kind == "solve":
             return self._serve_jobs(env_dir, app_dir)
-        logger.error("this runner cannot serve %r sessions yet", self.kind)
-        self._report_failure(f"{self.kind} sessions cannot be run yet")
+        self._report_failure(f"this runner cannot serve {self.kind!r} sessions")
         return EXIT_PREPARE
 
-    def _report_failure(self, reason: str) -> None:
+    def _offer_sdk(self, info: dict[str, Any]) -> None:
+        """Put the apps' SDK on the app's path (``import aimms_portal_sdk``) and say which
+        app and release the session runs."""
+        folder = self.work_dir / "sdk"
+        folder.mkdir(exist_ok=True)
+        shutil.copyfile(Path(sdk.__file__), folder / "aimms_portal_sdk.py")
+        paths = [str(folder), self.session_env.get("PYTHONPATH", "")]
+        self.session_env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        self.session_env["AIMMS_PORTAL_APP"] = info["app"]
+        self.session_env["AIMMS_PORTAL_APP_VERSION"] = info["version"]
+
+    def _report_failure(self, reason: str, log: list[str] | None = None) -> None:
+        logger.error("the session fails: %s", reason)
         try:
-            self.api.call("POST", "/runner/failed", {"reason": reason[:500]})
+            self.api.call(
+                "POST", "/runner/failed", {"reason": reason[:500], "log": (log or [])[-200:]}
+            )
         except PortalAPIError as exc:
             logger.warning("could not tell the portal: %s", exc)
 

@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 #: Environment variable naming the folder where local sessions cache runtimes.
 ENV_RUNTIME_CACHE = "AIMMS_PORTAL_RUNTIME_CACHE"
+#: The ``launcher`` of sessions that run on their user's own computer (no launcher).
+DESKTOP = "desktop"
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ def dispatch_once(launcher: Launcher, settings: Settings) -> int:
                     launcher=launcher.kind,
                     lifetime=timedelta(seconds=settings.job_max_time_limit_s * 2 + 3600),
                 )
+                app_session.version = release.version
                 assign(session, job, app_session, lease=lease)
                 starts.append(
                     _Start(
@@ -211,11 +214,21 @@ def _start(launcher: Launcher, start: _Start) -> None:
         launcher.stop(handle)
 
 
-def end_session(session: Session, app_session: AppSession, *, failed: bool, detail: str) -> None:
+def end_session(
+    session: Session,
+    app_session: AppSession,
+    *,
+    failed: bool,
+    detail: str,
+    log_lines: list[str] | None = None,
+) -> None:
     """Mark a session ended; a job still in it was lost: back to the queue (or failed).
 
     The job's fencing number keeps the ended session from reporting for it any more.
+    ``log_lines`` (the end of its log) are kept with the session.
     """
+    if log_lines:
+        app_session.log_tail = "\n".join(log_lines)[-LOG_TAIL_CHARS:]
     job = session.get(Job, app_session.job_id, with_for_update=True) if app_session.job_id else None
     lifecycle.move_session(
         session, app_session, SessionState.failed if failed else SessionState.stopped, detail=detail
@@ -244,9 +257,14 @@ def requeue_or_fail(session: Session, job: Job, reason: str) -> None:
     lifecycle.move_job(session, job, JobState.queued, reason=reason)
 
 
-def stop_session(launcher: Launcher, session_id: int, handle: str, *, detail: str = "") -> None:
-    """Stop a session through its launcher and record that it stopped."""
+def stop_session(
+    launcher: Launcher, session_id: int, handle: str, *, detail: str = "", failed: bool = False
+) -> None:
+    """Stop a session through its launcher and record that it ended (with the last
+    lines of its log, which go with it); ``failed`` when it ended by a fault."""
+    tail: list[str] = []
     if handle:
+        tail = log_tail(launcher, handle)
         try:
             launcher.stop(handle)
         except LauncherError as exc:
@@ -255,4 +273,23 @@ def stop_session(launcher: Launcher, session_id: int, handle: str, *, detail: st
     with session_scope() as session:
         app_session = session.get(AppSession, session_id, with_for_update=True)
         if app_session is not None:
-            end_session(session, app_session, failed=False, detail=detail or app_session.reason)
+            end_session(
+                session,
+                app_session,
+                failed=failed,
+                detail=detail or app_session.reason,
+                log_lines=tail,
+            )
+
+
+#: How much of a session's log is kept once it has ended.
+LOG_TAIL_LINES = 200
+LOG_TAIL_CHARS = 64 * 1024
+
+
+def log_tail(launcher: Launcher, handle: str) -> list[str]:
+    """The last lines of a session's log, or none when the launcher cannot tell."""
+    try:
+        return launcher.logs(handle, tail=LOG_TAIL_LINES)
+    except LauncherError:
+        return []

@@ -39,7 +39,13 @@ from aimms_portal.models import (
     utcnow,
 )
 from aimms_portal.scheduler import lifecycle
-from aimms_portal.scheduler.dispatcher import end_session, requeue_or_fail, stop_session
+from aimms_portal.scheduler.dispatcher import (
+    DESKTOP,
+    end_session,
+    log_tail,
+    requeue_or_fail,
+    stop_session,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -178,24 +184,20 @@ class Reaper:
                     detail = "the session ended" + (f": {seen.detail}" if seen.detail else "")
             else:
                 detail = "the session is gone"
-            # the logs first: stopping frees what the session held
-            log_tail = self._log_tail(app_session.handle)
+            # the log first: stopping frees what the session held, its log too
+            tail = log_tail(self.launcher, app_session.handle)
             self._stop_quietly(app_session.handle)
             with session_scope() as session:
                 current = session.get(AppSession, app_session.id, with_for_update=True)
                 if current is not None:
                     asked = current.state == SessionState.stopping.value
                     end_session(
-                        session, current, failed=not asked and seen.exit_code != 0, detail=detail
+                        session,
+                        current,
+                        failed=not asked and seen.exit_code != 0,
+                        detail=current.reason if asked else detail,
+                        log_lines=tail,
                     )
-            if log_tail:
-                logger.info("session %s ended; last lines: %s", app_session.id, log_tail[-3:])
-
-    def _log_tail(self, handle: str) -> list[str]:
-        try:
-            return self.launcher.logs(handle, tail=20)
-        except LauncherError:
-            return []
 
     def _record_usage(self, session_id: int, memory: int | None, cpu: float | None) -> None:
         if memory is None and cpu is None:
@@ -211,21 +213,18 @@ class Reaper:
             session.add(app_session)
 
     def _overdue_sessions(self) -> None:
-        """Sessions that did not start in time, stopped heartbeating, idled too long, or
-        were asked to stop."""
+        """Sessions that did not start in time, stopped heartbeating, idled too long,
+        outlived their maximum lifetime, or were asked to stop."""
         now = utcnow()
-        start_timeout = timedelta(seconds=self.settings.session_start_timeout_s)
-        silence = timedelta(seconds=self.settings.job_lease_seconds)
-        idle = timedelta(seconds=self.settings.solve_idle_seconds)
-        stops: list[tuple[int, str, str]] = []
+        stops: list[tuple[int, str, str, bool]] = []
         with session_scope() as session:
             for seen in session.exec(
                 select(AppSession).where(
                     col(AppSession.state).not_in([s.value for s in ENDED_SESSION_STATES]),
-                    AppSession.launcher == self.launcher.kind,
+                    col(AppSession.launcher).in_([self.launcher.kind, DESKTOP]),
                 )
             ).all():
-                if not self._overdue(seen, now, start_timeout, silence, idle):
+                if self._why_stop(seen, now) is None:
                     continue
                 # lock only the sessions acted on: busy runners update theirs all the time
                 app_session = session.exec(
@@ -234,49 +233,48 @@ class Reaper:
                     .with_for_update(skip_locked=True)
                     .execution_options(populate_existing=True)
                 ).first()
-                if app_session is None:
+                verdict = self._why_stop(app_session, now) if app_session else None
+                if app_session is None or verdict is None:
                     continue
-                state = app_session.state
-                why = ""
-                if state in (SessionState.pending.value, SessionState.starting.value):
-                    if app_session.created_at + start_timeout < now:
-                        why = f"not ready within {start_timeout.total_seconds():g} s of its start"
-                elif state == SessionState.ready.value:
-                    heard = app_session.last_heartbeat_at or app_session.created_at
-                    if heard + silence < now:
-                        why = f"no heartbeat for {silence.total_seconds():g} s"
-                    elif (
-                        app_session.kind == SessionKind.solve.value
-                        and app_session.idle_since is not None
-                        and app_session.idle_since + idle < now
-                    ):
-                        why = f"idle for {idle.total_seconds():g} s"
-                elif state == SessionState.stopping.value:
-                    why = app_session.reason or "asked to stop"
-                if not why:
-                    continue
-                if state != SessionState.stopping.value:
+                why, failed = verdict
+                if app_session.state != SessionState.stopping.value:
                     lifecycle.move_session(session, app_session, SessionState.stopping, detail=why)
-                stops.append((app_session.id or 0, app_session.handle, why))
-        for session_id, handle, why in stops:
-            stop_session(self.launcher, session_id, handle, detail=why)
+                stops.append((app_session.id or 0, app_session.handle, why, failed))
+        for session_id, handle, why, failed in stops:
+            stop_session(self.launcher, session_id, handle, detail=why, failed=failed)
 
-    @staticmethod
-    def _overdue(
-        app_session: AppSession,
-        now: datetime,
-        start_timeout: timedelta,
-        silence: timedelta,
-        idle: timedelta,
-    ) -> bool:
-        """Whether the session may need stopping (decided again once it is locked)."""
-        if app_session.state in (SessionState.pending.value, SessionState.starting.value):
-            return app_session.created_at + start_timeout < now
-        if app_session.state == SessionState.ready.value:
-            heard = app_session.last_heartbeat_at or app_session.created_at
-            waiting = app_session.idle_since is not None and app_session.idle_since + idle < now
-            return heard + silence < now or waiting
-        return app_session.state == SessionState.stopping.value
+    def _why_stop(self, app_session: AppSession, now: datetime) -> tuple[str, bool] | None:
+        """Why the session must stop now, and whether that counts as a failure; or None."""
+        settings = self.settings
+        state, kind = app_session.state, app_session.kind
+        if state == SessionState.stopping.value:
+            return app_session.reason or "asked to stop", False
+        if state in (SessionState.pending.value, SessionState.starting.value):
+            timeout = settings.session_start_timeout_s
+            if app_session.created_at + timedelta(seconds=timeout) < now:
+                return f"not ready within {timeout:g} s of its start", True
+            return None
+        if state != SessionState.ready.value:
+            return None
+        silence = settings.job_lease_seconds
+        heard = app_session.last_heartbeat_at or app_session.created_at
+        if heard + timedelta(seconds=silence) < now:
+            return f"no heartbeat for {silence:g} s", True
+        if kind == SessionKind.solve.value:
+            idle = settings.solve_idle_seconds
+            since = app_session.idle_since
+            if since is not None and since + timedelta(seconds=idle) < now:
+                return f"idle for {idle:g} s", False
+            return None
+        lifetime = settings.webui_max_hours
+        if app_session.created_at + timedelta(hours=lifetime) < now:
+            return f"reached its longest lifetime of {lifetime:g} h", False
+        if kind == SessionKind.webui.value:
+            idle_minutes = settings.webui_idle_minutes
+            active = app_session.last_activity_at or app_session.ready_at or app_session.created_at
+            if active + timedelta(minutes=idle_minutes) < now:
+                return f"idle for {idle_minutes:g} minutes", False
+        return None
 
     def reconcile(self) -> None:
         """Make the launcher's sessions and the database's live sessions agree."""

@@ -43,6 +43,7 @@ from aimms_portal.models import (
 )
 from aimms_portal.packages import encryption
 from aimms_portal.scheduler import lifecycle, signals
+from aimms_portal.scheduler.dispatcher import end_session
 from aimms_portal.scheduler.queue import Limits, claim_for_session
 from aimms_portal.services import cases
 from aimms_portal.services.portal_keys import private_key_for
@@ -147,6 +148,7 @@ def session_info(session: Session, *, runner: RunnerSession) -> dict[str, Any]:
         },
         "heartbeat_seconds": settings.heartbeat_seconds,
         "idle_seconds": settings.solve_idle_seconds,
+        "answer_timeout_s": settings.webui_answer_timeout_s,
     }
 
 
@@ -178,23 +180,41 @@ def bundle_key(session: Session, *, runner: RunnerSession) -> bytes | None:
     return encryption.unwrap_data_key(header, private_key_for(session, header.key))
 
 
-def mark_ready(session: Session, *, runner: RunnerSession) -> None:
-    """The runner has prepared the runtime and the bundle and is ready for work."""
+def mark_ready(session: Session, *, runner: RunnerSession, address: str = "") -> None:
+    """The runner has prepared the session and is ready: a solve session for work, a
+    WebUI session's app answers at ``address`` (``host:port``, the proxy's target)."""
     app_session = _locked(session, runner)
-    app_session.last_heartbeat_at = utcnow()
+    now = utcnow()
+    app_session.last_heartbeat_at = now
+    if address:
+        app_session.address = address[:255]
+        app_session.last_activity_at = now
     lifecycle.move_session(session, app_session, SessionState.ready)
 
 
-def session_failed(session: Session, *, runner: RunnerSession, reason: str) -> None:
-    """The runner gives up on its session (e.g. the runtime cannot be prepared).
+def session_failed(
+    session: Session, *, runner: RunnerSession, reason: str, log: Iterable[str] = ()
+) -> None:
+    """The runner gives up on its session (the runtime cannot be prepared, the app
+    does not answer or crashed).
 
-    The session ends as failed with ``reason``; a job in it goes back to the queue (or
-    fails, when its attempts are used up) with that reason.
+    The session ends as failed with ``reason`` and the last lines of its ``log`` (what
+    its user is shown); a job in it goes back to the queue (or fails, when its attempts
+    are used up) with that reason.
     """
-    from aimms_portal.scheduler.dispatcher import end_session
-
     app_session = _locked(session, runner)
-    end_session(session, app_session, failed=True, detail=reason[:480] or "the runner failed")
+    end_session(
+        session,
+        app_session,
+        failed=True,
+        detail=reason[:480] or "the runner failed",
+        log_lines=[line[:MAX_LINE] for line in log],
+    )
+
+
+def session_stopped(session: Session, *, runner: RunnerSession, reason: str) -> None:
+    """The session ended by itself as it should (e.g. its app was closed)."""
+    end_session(session, _locked(session, runner), failed=False, detail=reason[:480])
 
 
 def session_heartbeat(session: Session, *, runner: RunnerSession) -> bool:

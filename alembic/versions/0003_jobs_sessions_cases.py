@@ -57,6 +57,8 @@ def upgrade() -> None:
     sa.Column('state', sa.String(length=16), nullable=False),
     sa.Column('launcher', sa.String(length=16), nullable=False),
     sa.Column('handle', sa.String(length=255), nullable=False),
+    sa.Column('address', sa.String(length=255), nullable=False),
+    sa.Column('log_tail', sa.Text(), server_default='', nullable=False),
     sa.Column('token_hash', sa.String(length=64), nullable=False),
     sa.Column('token_expires_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('job_id', sa.Integer(), nullable=True),

@@ -18,7 +18,7 @@ from aimms_portal.api.app import create_api
 from aimms_portal.db import session_scope
 from aimms_portal.models import Role, User
 from aimms_portal.packages import signing
-from aimms_portal.services import accounts, app_access, cases, jobs, tokens
+from aimms_portal.services import accounts, app_access, cases, jobs, sessions, tokens
 from tests import publishing
 from tests.api.support import API, error, quick_user
 from tests.helpers import PASSWORD, bearer
@@ -112,6 +112,13 @@ MATRIX: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("GET", f"{API}/jobs/{{job_id}}/log"): (OWNER, None),
     ("POST", f"{API}/jobs/{{job_id}}/cancel"): (OWNER, None),
     ("DELETE", f"{API}/jobs/{{job_id}}"): (OWNER, None),
+    ("POST", f"{API}/sessions"): (APP_RUN, {"app": "corpus-app", "kind": "desktop"}),
+    ("GET", f"{API}/sessions"): (ANY, None),
+    ("GET", f"{API}/sessions/export.csv"): (ANY, None),
+    ("GET", f"{API}/sessions/{{session_id}}"): (OWNER, None),
+    ("GET", f"{API}/sessions/{{session_id}}/log"): (OWNER, None),
+    ("GET", f"{API}/sessions/{{session_id}}/events"): (OWNER, None),
+    ("DELETE", f"{API}/sessions/{{session_id}}"): (OWNER, None),
 }
 
 #: Routes that act on another object of the world than the path's name says by default:
@@ -138,8 +145,9 @@ def protected_routes() -> list[tuple[str, str]]:
     found = set()
     for route in iter_route_contexts(create_api().routes):
         path = route.path or ""
-        # the runner's routes take session tokens, not users: tests/api/test_runner.py
-        if path in OPEN or path.startswith((f"{API}/auth/", f"{API}/runner/")):
+        # the runner's routes take session tokens, not users (tests/api/test_runner.py);
+        # the proxy answers browsers its own way (tests/api/test_proxy.py)
+        if path in OPEN or path.startswith((f"{API}/auth/", f"{API}/runner/", "/s/")):
             continue
         for method in route.methods or ():
             if method != "HEAD":
@@ -283,6 +291,8 @@ def world(db: None, tmp_path: Path) -> World:
         waiting = jobs.submit_job(session, actor=bob, app=publishing.APP_NAME, procedure="solve")
         done = jobs.submit_job(session, actor=bob, app=publishing.APP_NAME, procedure="solve")
         jobs.cancel_job(session, actor=bob, job_id=done.job.id or 0)
+    # a desktop session of bob's (no launcher needed)
+    bobs_session, _ = sessions.launch_session(actor=bob, app=publishing.APP_NAME, kind="desktop")
     case_file = tmp_path / "case.csv"
     case_file.write_bytes(b"x,y\n3,4\n")
     package, signature = publishing.runtime_package(tmp_path, "2.0")
@@ -305,6 +315,7 @@ def world(db: None, tmp_path: Path) -> World:
         "case_id": bobs_case.id or 0,
         "job_id": waiting.job.id or 0,
         "finished_job_id": done.job.id or 0,
+        "session_id": bobs_session.session.id or 0,
     }
     return World(users=users, ids=ids, bobs_token=secret, uploads=uploads)
 

@@ -47,6 +47,17 @@ class FinishIn(AttemptIn):
     reason: str = Field(default="", max_length=500)
 
 
+class ReadyIn(BaseModel):
+    #: ``host:port`` where a WebUI session's app answers.
+    address: str = Field(default="", max_length=255)
+
+
+class EndedIn(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+    #: The last lines of the session's log, shown with the reason.
+    log: list[str] = Field(default_factory=list, max_length=200)
+
+
 def _in_session(fn: Any, **kwargs: Any) -> Any:
     with session_scope() as session:
         return fn(session, **kwargs)
@@ -98,20 +109,23 @@ def bundle_key(runner: RunnerDep) -> dict[str, str | None]:
 
 
 @router.post("/ready", status_code=status.HTTP_204_NO_CONTENT)
-def ready(runner: RunnerDep) -> Response:
-    """The runner has prepared the session."""
-    _in_session(runner_ops.mark_ready, runner=runner)
+def ready(runner: RunnerDep, body: ReadyIn | None = None) -> Response:
+    """The runner has prepared the session (a WebUI's app answers at ``address``)."""
+    _in_session(runner_ops.mark_ready, runner=runner, address=body.address if body else "")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-class FailedIn(BaseModel):
-    reason: str = Field(min_length=1, max_length=500)
-
-
 @router.post("/failed", status_code=status.HTTP_204_NO_CONTENT)
-def failed(body: FailedIn, runner: RunnerDep) -> Response:
+def failed(body: EndedIn, runner: RunnerDep) -> Response:
     """The runner gives up on the session; ``reason`` says why (shown to its user)."""
-    _in_session(runner_ops.session_failed, runner=runner, reason=body.reason)
+    _in_session(runner_ops.session_failed, runner=runner, reason=body.reason, log=body.log)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/stopped", status_code=status.HTTP_204_NO_CONTENT)
+def stopped(body: EndedIn, runner: RunnerDep) -> Response:
+    """The session ended by itself as it should (its app was closed)."""
+    _in_session(runner_ops.session_stopped, runner=runner, reason=body.reason)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

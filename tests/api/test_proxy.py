@@ -1,0 +1,249 @@
+"""WebUI sessions through the proxy, with real runner and app processes: launch, work
+through the proxy (HTTP streamed both ways, WebSockets), who gets through, apps that
+never answer or crash, seats, idle culling, terminate, and the ended-session page."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import websockets
+
+from aimms_portal import config
+from aimms_portal.db import session_scope
+from aimms_portal.models import AppSession, User
+from aimms_portal.services import apps
+from tests.api.support import quick_user
+from tests.helpers import PASSWORD
+from tests.solving import SOLVER_APP, SolvePortal, process_alive, runner_pid, solver_bundle
+
+
+def _browser(portal: SolvePortal, user: User) -> httpx.Client:
+    """An HTTP client logged on as ``user`` with the portal's cookie, like a owner."""
+    client = httpx.Client(base_url=portal.url, timeout=30, trust_env=False)
+    logged = client.post(
+        "/api/v1/auth/login", json={"username": user.username, "password": PASSWORD}
+    )
+    assert logged.status_code == 200, logged.text
+    client.headers["X-CSRF-Token"] = logged.json()["csrf_token"]
+    return client
+
+
+@pytest.fixture
+def owner(solve_portal: SolvePortal) -> Iterator[httpx.Client]:
+    """A browser of the plain user's (who may run the test app)."""
+    client = _browser(solve_portal, solve_portal.user)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _launch(client: httpx.Client, **fields: str) -> dict:
+    response = client.post("/api/v1/sessions", json={"app": SOLVER_APP, **fields})
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def _wait_state(client: httpx.Client, session_id: int, *states: str, timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        session = client.get(f"/api/v1/sessions/{session_id}").json()
+        if session["state"] in states:
+            return dict(session)
+        assert time.monotonic() < deadline, session
+        time.sleep(0.1)
+
+
+def _ready(client: httpx.Client) -> dict:
+    launched = _launch(client)
+    assert launched["state"] == "starting" and launched["token"] is None
+    return _wait_state(client, launched["id"], "ready", "failed")
+
+
+def _settings(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
+    for name, value in values.items():
+        monkeypatch.setenv(f"AIMMS_PORTAL_{name.upper()}", value)
+    config.get_settings.cache_clear()
+
+
+def test_a_webui_session_works_through_the_proxy(
+    solve_portal: SolvePortal, owner: httpx.Client
+) -> None:
+    session = _ready(owner)
+    assert session["state"] == "ready", session["reason"]
+    base = session["url"]
+    assert base == f"/s/{session['id']}/"
+
+    page = owner.get(base)
+    assert page.status_code == 200 and "Hello from solver-app" in page.text
+    # nothing of the portal's log-on reaches the app
+    with solve_portal.client():
+        token = solve_portal.tokens["uma"]
+    seen = owner.get(f"{base}api/headers", headers={"Authorization": f"Bearer {token}"}).json()
+    names = {k.lower(): v for k, v in seen.items()}
+    assert "authorization" not in names
+    assert "aimms_portal" not in names.get("cookie", "")
+    assert names["x-forwarded-for"] == "127.0.0.1"
+    # and the app cannot set it
+    cookies = owner.get(f"{base}api/cookie").headers.get_list("set-cookie")
+    assert cookies == [f"app=1; Path={base}"]
+    # a large body streams through both ways
+    body = os.urandom(6 * 1024 * 1024)
+    echoed = owner.post(f"{base}api/echo", content=body).json()
+    assert echoed == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    # a WebSocket too, with the log-on cookie
+    cookie = "; ".join(f"{k}={v}" for k, v in owner.cookies.items())
+    ws_url = solve_portal.url.replace("http", "ws") + f"{base}ws"
+
+    async def talk() -> str:
+        async with websockets.connect(ws_url, additional_headers={"Cookie": cookie}) as ws:
+            await ws.send("ping")
+            return str(await ws.recv())
+
+    assert asyncio.run(talk()) == "echo:ping"
+    # traffic counts as activity
+    assert owner.get(f"/api/v1/sessions/{session['id']}").json()["last_activity_at"]
+
+
+def test_only_the_owner_and_admins_get_through(
+    solve_portal: SolvePortal, owner: httpx.Client
+) -> None:
+    session = _ready(owner)
+    base = session["url"]
+    other = quick_user("olga")
+    boss = quick_user("boss", "admin")
+
+    with contextlib.closing(_browser(solve_portal, other)) as olga:
+        refused = olga.get(base, headers={"Accept": "application/json"})
+        made_up = olga.get("/s/987654/", headers={"Accept": "application/json"})
+        assert refused.status_code == made_up.status_code == 404
+        assert refused.json()["error"]["message"] == f"No session {session['id']}."
+        assert olga.get(f"/api/v1/sessions/{session['id']}").status_code == 404
+    anonymous = httpx.get(f"{solve_portal.url}{base}", headers={"Accept": "text/html"})
+    assert anonymous.status_code == 303 and anonymous.headers["location"].startswith("/login")
+    with contextlib.closing(_browser(solve_portal, boss)) as admin:
+        assert admin.get(base).status_code == 200
+
+    cookie = "; ".join(f"{k}={v}" for k, v in owner.cookies.items())
+    ws_url = solve_portal.url.replace("http", "ws") + f"{base}ws"
+
+    async def as_nobody() -> None:
+        async with websockets.connect(ws_url):
+            pass
+
+    with pytest.raises(websockets.InvalidStatus):
+        asyncio.run(as_nobody())
+    assert cookie  # the owner's own cookie works (previous test); a stranger's does not
+
+
+def test_an_app_that_never_answers_says_why(
+    solve_portal: SolvePortal, owner: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _settings(monkeypatch, webui_answer_timeout_s="2")
+    with open(solver_bundle(solve_portal.folder, "2.0", webui_mode="silent"), "rb") as stream:
+        apps.publish_bundle(actor=solve_portal.publisher, source=stream)
+
+    launched = _launch(owner, version="2.0")
+    ended = _wait_state(owner, launched["id"], "failed", "ready")
+
+    assert ended["state"] == "failed"
+    assert ended["reason"] == "the app did not answer within 2 s"
+    log = owner.get(f"/api/v1/sessions/{launched['id']}/log").json()["lines"]
+    assert "web: still thinking" in log
+    page = owner.get(launched["url"], headers={"Accept": "text/html"})
+    assert page.status_code == 410
+    assert "did not answer within 2 s" in page.text and "session-relaunch" in page.text
+
+
+def test_an_app_that_crashes_at_start_says_why(
+    solve_portal: SolvePortal, owner: httpx.Client
+) -> None:
+    with open(solver_bundle(solve_portal.folder, "3.0", webui_mode="crash"), "rb") as stream:
+        apps.publish_bundle(actor=solve_portal.publisher, source=stream)
+
+    ended = _wait_state(owner, _launch(owner, version="3.0")["id"], "failed", "ready")
+
+    assert ended["reason"] == "the app exited with code 3 before it answered"
+    log = owner.get(f"/api/v1/sessions/{ended['id']}/log").json()["lines"]
+    assert "web: cannot read my configuration" in log
+
+
+def test_seats_and_terminate(
+    solve_portal: SolvePortal, owner: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _settings(monkeypatch, max_sessions_per_user="1")
+    first = _ready(owner)
+
+    refused = owner.post("/api/v1/sessions", json={"app": SOLVER_APP})
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "no_free_seats"
+    assert "End one on the Sessions page" in refused.json()["error"]["message"]
+
+    with session_scope() as session:
+        row = session.get(AppSession, first["id"])
+        assert row is not None
+    pid = runner_pid(row)
+    ended = owner.delete(f"/api/v1/sessions/{first['id']}").json()
+    assert ended["state"] == "stopped" and ended["reason"] == "ended by you"
+    assert not process_alive(pid)
+    # the seat is free at once
+    assert _launch(owner)["state"] == "starting"
+    # the ended session's page says so; a WebSocket to it is refused at once
+    page = owner.get(first["url"], headers={"Accept": "text/html"})
+    assert page.status_code == 410 and "ended by you" in page.text
+
+    async def to_ended() -> None:
+        async with websockets.connect(
+            solve_portal.url.replace("http", "ws") + f"{first['url']}ws",
+            additional_headers={"Cookie": "; ".join(f"{k}={v}" for k, v in owner.cookies.items())},
+            open_timeout=5,
+        ):
+            pass
+
+    started = time.monotonic()
+    with pytest.raises(websockets.InvalidStatus):
+        asyncio.run(to_ended())
+    assert time.monotonic() - started < 5
+
+
+def test_an_idle_session_is_culled_and_frees_its_seat(
+    solve_portal: SolvePortal, owner: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _settings(monkeypatch, webui_idle_minutes="0.05", max_sessions_per_user="1")
+    solve_portal.scheduler.settings = config.get_settings()
+    solve_portal.scheduler.reaper.settings = config.get_settings()
+    session = _ready(owner)
+
+    ended = _wait_state(owner, session["id"], "stopped", "failed", timeout=60)
+
+    assert ended["reason"] == "idle for 0.05 minutes"
+    assert _launch(owner)["state"] == "starting"
+    events = owner.get(f"/api/v1/sessions/{session['id']}/events").json()
+    assert [e["state"] for e in events] == ["pending", "starting", "ready", "stopping", "stopped"]
+
+
+def test_sessions_export_as_csv(solve_portal: SolvePortal, owner: httpx.Client) -> None:
+    session = _ready(owner)
+    export = owner.get("/api/v1/sessions/export.csv")
+    assert export.headers["content-type"].startswith("text/csv")
+    lines = export.text.splitlines()
+    assert lines[0].startswith("id,kind,app,version,owner,state")
+    assert lines[1].startswith(f"{session['id']},webui,{SOLVER_APP},1.0,uma,ready")
+
+
+def test_bad_launches_are_refused(solve_portal: SolvePortal, owner: httpx.Client) -> None:
+    for body, status, code in [
+        ({"app": "nope"}, 404, "not_found"),
+        ({"app": SOLVER_APP, "version": "9"}, 404, "not_found"),
+        ({"app": SOLVER_APP, "kind": "solve"}, 422, "invalid_request"),
+    ]:
+        response = owner.post("/api/v1/sessions", json=body)
+        assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+    with contextlib.closing(_browser(solve_portal, quick_user("nobody"))) as nobody:
+        assert nobody.post("/api/v1/sessions", json={"app": SOLVER_APP}).status_code == 404
