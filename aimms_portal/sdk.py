@@ -153,3 +153,12 @@ def result(job_id: int) -> bytes:
     if not current.get("output_case_id"):
         raise PortalError(0, "no_output", f"job {job_id} wrote no output case")
     return _call("GET", f"/cases/{current['output_case_id']}/content", timeout=300)
+
+
+def output(job_id: int) -> bytes | None:
+    """The output case of a finished job whatever its state (a procedure may write one
+    when it fails, saying why), or ``None`` when it wrote none."""
+    current = job(job_id)
+    if not current.get("output_case_id"):
+        return None
+    return _call("GET", f"/cases/{current['output_case_id']}/content", timeout=300)

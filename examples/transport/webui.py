@@ -14,7 +14,10 @@ Routes, relative to the base:
 - ``PUT``  ``api/case``: replace it; 422 ``{"problems": [...]}`` if it is no valid
   case, else 200 ``{"warnings": [...]}`` (e.g. why it has no solution);
 - ``POST`` ``api/case/reset``: back to the example case; returns it;
-- ``POST`` ``api/solve``: solve the case; returns the output case;
+- ``POST`` ``api/solve``: solve the case; returns the output case. In a portal session
+  (the portal's SDK is importable and configured) the solve is handed to the portal as
+  a job of this app's ``solve`` procedure and the output case comes back with the job's
+  id under ``job``; run by hand, it is solved in this process;
 - ``GET``  ``api/result``: ``{"result": <output case of the last solve or null>}``,
   null once the case has changed since.
 
@@ -41,6 +44,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import model
+
+try:  # the portal puts its SDK on the path of every session
+    import aimms_portal_sdk as portal
+except ImportError:  # run by hand: solve here
+    portal = None
 
 logger = logging.getLogger("transport.webui")
 
@@ -122,6 +130,41 @@ def solve_here(case: dict[str, Any]) -> dict[str, Any]:
     """Solve ``case`` in this process with HiGHS and return the output case."""
     with _solve_lock:
         return model.solve(case)
+
+
+#: Longest a solve handed to the portal may take before the page is told it failed.
+PORTAL_SOLVE_TIMEOUT_S = 600.0
+
+
+def solve_on_the_portal(case: dict[str, Any]) -> dict[str, Any]:
+    """Hand ``case`` to the portal as a job of this app's ``solve`` procedure and wait
+    for its output case; the output case, with the job's id under ``job``.
+
+    Raises:
+        HttpError: 502 when the job did not succeed (the message says why).
+    """
+    try:
+        job = portal.submit(
+            "solve", input_bytes=json.dumps(case).encode(), input_name="transport-case.json"
+        )
+        logger.info("solve handed to the portal as job %s", job["id"])
+        job = portal.wait(job["id"], timeout=PORTAL_SOLVE_TIMEOUT_S)
+        # a procedure that finds no plan fails the job, and still writes why
+        data = portal.output(job["id"])
+        if data is None:
+            raise HttpError(502, f"the solve job {job['id']} {job['state']}: {job['reason']}")
+        result = json.loads(data)
+    except portal.PortalError as error:
+        raise HttpError(502, f"the portal could not solve it: {error.message}") from error
+    result["job"] = job["id"]
+    return result
+
+
+def solve(case: dict[str, Any]) -> dict[str, Any]:
+    """Solve on the portal when this runs in one of its sessions, else right here."""
+    if portal is not None and portal.configured():
+        return solve_on_the_portal(case)
+    return solve_here(case)
 
 
 class PlannerServer(http.server.ThreadingHTTPServer):
@@ -215,10 +258,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def solve(self) -> Any:
         self._read_json()
         case, revision = self.server.planner.case()
-        # delegating the solve to the portal as a job (when AIMMS_PORTAL_URL and
-        # AIMMS_PORTAL_TOKEN are set) arrives with solve jobs; until then every
-        # session solves in its own process
-        result = solve_here(case)
+        result = solve(case)
         self.server.planner.keep_result(result, revision)
         logger.info("solved: %s, objective %s", result["status"], result["objective"])
         return result
