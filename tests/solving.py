@@ -11,9 +11,15 @@ digest), as a portal's machine would.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +31,7 @@ from sqlmodel import col, select
 from aimms_portal import config, launchers
 from aimms_portal.api.app import create_api
 from aimms_portal.client import PortalClient
-from aimms_portal.db import session_scope
+from aimms_portal.db import REPO_ROOT, session_scope
 from aimms_portal.launchers.local import LocalLauncher
 from aimms_portal.models import AppSession, Job, Role, User
 from aimms_portal.packages import pack_app
@@ -450,3 +456,84 @@ def process_alive(pid: int) -> bool:
             return f.read().split(") ")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+# -- whole portal processes -------------------------------------------------------------
+
+
+class PortalProcess:
+    """``python -m aimms_portal.backend`` on a port of its own; killed and started at will."""
+
+    def __init__(self, env: dict[str, str], log: Path, port: int) -> None:
+        self.env = env
+        self.log = log
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def wait_until_serving(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1):  # noqa: S310
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(self.log.read_text()[-3000:]) from None
+                time.sleep(0.05)
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "aimms_portal.backend"],
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@contextmanager
+def backend_processes(
+    portal: SolvePortal, count: int, *, shared_url: bool = False, **settings: str
+) -> Iterator[list[PortalProcess]]:
+    """``count`` portal processes on the test database, in place of the test's own
+    scheduler (which is stopped); the test's REST server stays up for the test itself.
+
+    Runners reach the portal process that started them, or with ``shared_url`` the
+    test's own REST server, as runners of a portal of several replicas reach its load
+    balancer (which outlives any one replica).
+    """
+    portal.scheduler.stop()
+    base = dict(os.environ) | settings
+    processes = []
+    for index in range(count):
+        port = free_port()
+        env = base | {
+            "AIMMS_PORTAL_PORT": str(port),
+            "AIMMS_PORTAL_RUNNER_PORTAL_URL": portal.url
+            if shared_url
+            else f"http://127.0.0.1:{port}",
+        }
+        processes.append(PortalProcess(env, portal.folder / f"portal-{index}.log", port))
+    for process in processes:
+        process.start()
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            process.stop()
+        for handle in portal.launcher.list_sessions().values():
+            portal.launcher.stop(handle, grace_seconds=1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import os
 import time
@@ -21,7 +22,14 @@ from aimms_portal.models import AppSession, User
 from aimms_portal.services import apps
 from tests.api.support import quick_user
 from tests.helpers import PASSWORD
-from tests.solving import SOLVER_APP, SolvePortal, process_alive, runner_pid, solver_bundle
+from tests.solving import (
+    SOLVER_APP,
+    SolvePortal,
+    backend_processes,
+    process_alive,
+    runner_pid,
+    solver_bundle,
+)
 
 
 def _browser(portal: SolvePortal, user: User) -> httpx.Client:
@@ -247,3 +255,24 @@ def test_bad_launches_are_refused(solve_portal: SolvePortal, owner: httpx.Client
         assert (response.status_code, response.json()["error"]["code"]) == (status, code)
     with contextlib.closing(_browser(solve_portal, quick_user("nobody"))) as nobody:
         assert nobody.post("/api/v1/sessions", json={"app": SOLVER_APP}).status_code == 404
+
+
+def test_a_webui_session_survives_a_portal_restart(solve_portal: SolvePortal) -> None:
+    # the default lease: a restart takes a few seconds, heartbeats wait it out
+    with backend_processes(solve_portal, 1, AIMMS_PORTAL_JOB_LEASE_SECONDS="10") as (backend,):
+        backend.wait_until_serving()
+        portal = dataclasses.replace(solve_portal, url=backend.url)
+        with contextlib.closing(_browser(portal, solve_portal.user)) as client:
+            session = _ready(client)
+            assert client.get(session["url"]).status_code == 200
+
+            backend.kill()  # a crash, not a shutdown
+            backend.start()
+            backend.wait_until_serving()
+
+            again = client.get(session["url"])
+            assert again.status_code == 200 and "Hello from solver-app" in again.text
+            time.sleep(3)  # a few heartbeats and a reaper round of the new process
+            still = client.get(f"/api/v1/sessions/{session['id']}").json()
+            assert still["state"] == "ready", still
+            assert client.get(session["url"]).status_code == 200

@@ -9,20 +9,19 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from sqlmodel import col, select
 
-from aimms_portal.db import REPO_ROOT, session_scope
+from aimms_portal.db import session_scope
+from aimms_portal.launchers import SessionSpec
+from aimms_portal.launchers.local import LocalLauncher
 from aimms_portal.models import AppSession, Case, Job
-from tests.servers import free_port
 from tests.solving import (
     SolvePortal,
+    backend_processes,
     journal_runs,
     process_alive,
     runner_pid,
@@ -42,9 +41,7 @@ def _session_of(portal: SolvePortal, job_id: int) -> AppSession:
 def _outputs(job_id: int) -> list[Case]:
     with session_scope() as session:
         return list(
-            session.exec(
-                select(Case).where(Case.job_id == job_id, Case.kind == "output")
-            ).all()
+            session.exec(select(Case).where(Case.job_id == job_id, Case.kind == "output")).all()
         )
 
 
@@ -147,72 +144,6 @@ def test_children_of_a_cancelled_procedure_end_too(solve_portal: SolvePortal) ->
 # -- whole portal processes -------------------------------------------------------------
 
 
-class PortalProcess:
-    """``python -m aimms_portal.backend`` on a port of its own; killed and started at will."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env = env
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "aimms_portal.backend"],
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-@contextmanager
-def _portal_processes(
-    portal: SolvePortal, count: int, *, shared_url: bool = False, **settings: str
-) -> Iterator[list[PortalProcess]]:
-    """``count`` portal processes on the test database, in place of the test's own
-    scheduler (which is stopped); the test's REST server stays up for the test itself.
-
-    Runners reach the portal process that started them, or with ``shared_url`` the
-    test's own REST server, as runners of a portal of several replicas reach its load
-    balancer (which outlives any one replica).
-    """
-    portal.scheduler.stop()
-    base = dict(os.environ) | settings
-    processes = []
-    for index in range(count):
-        port = free_port()
-        env = base | {
-            "AIMMS_PORTAL_PORT": str(port),
-            "AIMMS_PORTAL_RUNNER_PORTAL_URL": portal.url
-            if shared_url
-            else f"http://127.0.0.1:{port}",
-        }
-        processes.append(PortalProcess(env, portal.folder / f"portal-{index}.log"))
-    for process in processes:
-        process.start()
-    try:
-        yield processes
-    finally:
-        for process in processes:
-            process.stop()
-        for handle in portal.launcher.list_sessions().values():
-            portal.launcher.stop(handle, grace_seconds=1)
-
-
 def _wait_all_finished(job_ids: list[int], timeout: float) -> list[Job]:
     deadline = time.monotonic() + timeout
     while True:
@@ -244,7 +175,7 @@ def test_a_portal_killed_while_dispatching_loses_no_job_and_runs_none_twice(
 ) -> None:
     journal = solve_portal.folder / "journal"
     rng = random.Random(4)
-    with _portal_processes(solve_portal, 1, AIMMS_PORTAL_MAX_SOLVE_SESSIONS="2") as (portal,):
+    with backend_processes(solve_portal, 1, AIMMS_PORTAL_MAX_SOLVE_SESSIONS="2") as (portal,):
         job_ids = [
             submit(solve_portal, "sleep", arguments={"seconds": 0.5, "journal": str(journal)})
             for _ in range(8)
@@ -267,7 +198,7 @@ def test_a_portal_killed_while_dispatching_loses_no_job_and_runs_none_twice(
 
 def test_two_portal_processes_never_dispatch_one_job_twice(solve_portal: SolvePortal) -> None:
     journal = solve_portal.folder / "journal"
-    with _portal_processes(
+    with backend_processes(
         solve_portal, 2, shared_url=True, AIMMS_PORTAL_MAX_SOLVE_SESSIONS="3"
     ) as processes:
         job_ids = [
@@ -286,3 +217,19 @@ def test_two_portal_processes_never_dispatch_one_job_twice(solve_portal: SolvePo
     assert finished == sorted(job_ids)
 
 
+def test_session_processes_nobody_owns_are_stopped(solve_portal: SolvePortal) -> None:
+    # a session process the database knows nothing of (left by a lost portal, say)
+    stray = LocalLauncher(
+        solve_portal.launcher.sessions_dir,
+        runner_command=[sys.executable, "-c", "import time; time.sleep(600)"],
+    )
+    handle = stray.start(
+        SessionSpec(session_id=987654, kind="solve", portal_url=solve_portal.url, token="ast_x")
+    )
+    pid = int(handle.split(":")[2])
+    assert process_alive(pid)
+
+    solve_portal.scheduler.reaper.reconcile()
+
+    assert not process_alive(pid)
+    assert 987654 not in solve_portal.launcher.list_sessions()
