@@ -20,9 +20,12 @@ app again (410); one still starting with a page that reloads itself (503).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import hashlib
 import html
 import logging
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -106,6 +109,73 @@ def _target(cookies: dict[str, str], authorization: str | None, session_id: int)
     user = _caller(cookies, authorization)
     with session_scope() as session:
         return sessions.proxy_target(session, actor=user, session_id=session_id)
+
+
+class _Passes:
+    """Who was let through to which session, for :data:`PASS_SECONDS`.
+
+    A browser fetches a page's every script, style and image through the proxy; asking
+    the database each time (the log-on, the session, the activity) would make the proxy
+    the slowest part of every app. So a positive answer is kept briefly, per process:
+    a log-off, a terminated session or a revoked right takes effect within that time
+    (at once for sessions this process ended). Refusals are never kept.
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._passes: collections.OrderedDict[tuple[str, int], tuple[float, str]] = (
+            collections.OrderedDict()
+        )
+        self._limit = limit
+
+    @staticmethod
+    def key(cookies: dict[str, str], authorization: str | None, session_id: int) -> tuple[str, int]:
+        credential = (authorization or "") + "|" + cookies.get(SESSION_COOKIE, "")
+        return hashlib.sha256(credential.encode()).hexdigest(), session_id
+
+    def get(self, key: tuple[str, int]) -> str | None:
+        entry = self._passes.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, key: tuple[str, int], address: str) -> None:
+        self._passes[key] = (time.monotonic() + PASS_SECONDS, address)
+        self._passes.move_to_end(key)
+        while len(self._passes) > self._limit:
+            self._passes.popitem(last=False)
+
+    def forget_session(self, session_id: int) -> None:
+        for key in [k for k in self._passes if k[1] == session_id]:
+            self._passes.pop(key, None)
+
+
+#: How long a pass through the proxy is kept (see :class:`_Passes`), in seconds.
+PASS_SECONDS = 2.0
+_passes = _Passes()
+
+
+def forget_session(session_id: int) -> None:
+    """Let nobody through to ``session_id`` on a kept pass any more (it was ended here)."""
+    _passes.forget_session(session_id)
+
+
+async def _address(cookies: dict[str, str], authorization: str | None, session_id: int) -> str:
+    """Where the session's app answers, if the caller may go there (see :class:`_Passes`).
+
+    Raises:
+        PortalError: the caller may not, or the session is not ready.
+    """
+    key = _Passes.key(cookies, authorization, session_id)
+    address = _passes.get(key)
+    if address is None:
+        try:
+            target = await run_blocking(_target, cookies, authorization, session_id)
+        except PortalError:
+            _passes.forget_session(session_id)
+            raise
+        address = target.address
+        _passes.put(key, address)
+    return address
 
 
 def _relaunch_app(
@@ -214,12 +284,12 @@ async def session_root(session_id: int) -> RedirectResponse:
 async def proxy_http(session_id: int, path: str, request: Request) -> Response:
     """Forward one HTTP request to the session's app (streamed both ways)."""
     try:
-        target = await run_blocking(
-            _target, dict(request.cookies), request.headers.get("authorization"), session_id
+        address = await _address(
+            dict(request.cookies), request.headers.get("authorization"), session_id
         )
     except PortalError as exc:
         return await _refusal(request, session_id, exc)
-    url = f"http://{target.address}{request.url.path}"
+    url = f"http://{address}{request.url.path}"
     if request.url.query:
         url += f"?{request.url.query}"
     headers = _forward_headers(
@@ -235,6 +305,7 @@ async def proxy_http(session_id: int, path: str, request: Request) -> Response:
     try:
         answer = await client.send(outgoing, stream=True)
     except httpx.HTTPError as exc:
+        _passes.forget_session(session_id)
         logger.info("session %s does not answer: %s", session_id, type(exc).__name__)
         problem = Conflict("The app of this session does not answer right now.", code="app_down")
         response = await _refusal(request, session_id, problem)

@@ -1,0 +1,274 @@
+"""WebUI sessions on the local launcher: launch latency and the proxy's overhead.
+
+Usage (from the repository root; needs PostgreSQL on 127.0.0.1:5432 and Debian's
+``wrk``)::
+
+    .venv/bin/python bench/webui_latency.py [--runs 20] [--docs docs/benchmarks.md]
+
+Issue 5's targets: from the launch until the WebUI answers, p50 at most 1.5 s (local
+launcher); requests per second through the proxy at least 60 % of requests per second
+straight to the app, in the same run.
+
+Set-up: a throwaway PostgreSQL database and a temporary folder; a signed runtime without
+wheels and an app whose WebUI is a small HTTP/1.1 server of the standard library
+(``ThreadingHTTPServer``) answering ``GET <base>ping`` with a short JSON body. The portal
+is the backend process (``python -m aimms_portal.backend``: REST API, proxy, scheduler;
+local launcher, one worker). The client logs on like a browser (the log-on cookie).
+
+- **launch**: ``POST /api/v1/sessions``, then ``GET /s/<id>/`` every 20 ms until the
+  app's page comes back (the proxy answers 503 while the session starts); each launch
+  starts a new session (the previous one is ended first; the runtime comes from the
+  cache after the first).
+- **proxy**: one session; ``wrk`` with 32 connections on 2 threads for 10 s against the
+  app straight (its own port on 127.0.0.1) and through the proxy (with the cookie), one
+  after the other, twice each, best of two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bench.api_throughput import free_port, machine, throwaway_database  # noqa: E402
+from bench.solve_latency import backend  # noqa: E402
+
+DOCS_BEGIN = "<!-- webui_latency: begin (written by bench/webui_latency.py) -->"
+DOCS_END = "<!-- webui_latency: end -->"
+APP = "webui-bench"
+PASSWORD = "Bench-password-123!"
+
+WEB_PY = r'''
+import http.server, os
+
+BASE = os.environ.get("AIMMS_PORTAL_BASE_PATH", "/")
+BODY = b'{"pong": true}'
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = BODY if self.path == BASE + "ping" else b"<html><body>bench</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+'''
+
+
+def seed(folder: Path) -> None:
+    """A user, a trusted key, a runtime and the benchmark app (with a WebUI)."""
+    from aimms_portal.db import session_scope
+    from aimms_portal.packages import build_runtime, generate_signing_key, pack_app, sign_file
+    from aimms_portal.services import accounts, apps, runtimes, signing_keys
+
+    with session_scope() as session:
+        admin = accounts.create_user(
+            session, actor=None, username="bench", password=PASSWORD, role="admin"
+        )
+    private_pem, public = generate_signing_key()
+    with session_scope() as session:
+        signing_keys.add_signing_key(session, actor=admin, name="bench", public_key=public)
+    source = folder / "runtime"
+    source.mkdir()
+    (source / "runtime.json").write_text(
+        json.dumps({"format": 1, "name": "webui-runtime", "version": "1.0", "python": ">=3.11"})
+    )
+    package = folder / "runtime.zip"
+    build_runtime(source, package)
+    with open(package, "rb") as stream:
+        runtimes.upload_runtime(
+            actor=admin, source=stream, signature=sign_file(private_pem, package).to_json()
+        )
+    app_dir = folder / "app"
+    app_dir.mkdir()
+    manifest = {
+        "format": 1,
+        "name": APP,
+        "version": "1.0",
+        "title": "WebUI benchmark",
+        "description": "A small web server.",
+        "runtime": {"name": "webui-runtime", "version": ">=1.0"},
+        "webui": {"command": ["python", "web.py"]},
+    }
+    (app_dir / "app.json").write_text(json.dumps(manifest))
+    (app_dir / "web.py").write_text(WEB_PY)
+    bundle = folder / "app.zip"
+    pack_app(app_dir, bundle)
+    with open(bundle, "rb") as stream:
+        apps.publish_bundle(actor=admin, source=stream)
+
+
+def browser(url: str):  # type: ignore[no-untyped-def]
+    import httpx
+
+    client = httpx.Client(base_url=url, timeout=30, trust_env=False)
+    answer = client.post("/api/v1/auth/login", json={"username": "bench", "password": PASSWORD})
+    answer.raise_for_status()
+    client.headers["X-CSRF-Token"] = answer.json()["csrf_token"]
+    return client
+
+
+def measure_launch(client, runs: int) -> list[float]:  # type: ignore[no-untyped-def]
+    """Seconds from the launch request until the WebUI answers through the proxy."""
+    took = []
+    for index in range(runs + 1):  # the first launch prepares the runtime
+        started = time.perf_counter()
+        launched = client.post("/api/v1/sessions", json={"app": APP})
+        launched.raise_for_status()
+        session = launched.json()
+        while True:
+            page = client.get(session["url"], headers={"Accept": "application/json"})
+            if page.status_code == 200:
+                break
+            if page.status_code not in (503,):
+                raise RuntimeError(f"launch failed: {page.status_code} {page.text[:300]}")
+            time.sleep(0.02)
+        if index:
+            took.append(time.perf_counter() - started)
+        client.delete(f"/api/v1/sessions/{session['id']}").raise_for_status()
+    return took
+
+
+def wrk(url: str, headers: dict[str, str]) -> float:
+    """Requests per second ``wrk`` gets from ``url`` (best of two 10 s runs)."""
+    best = 0.0
+    for _ in range(2):
+        argv = ["wrk", "-t2", "-c32", "-d10s", "--timeout", "10s"]
+        for name, value in headers.items():
+            argv += ["-H", f"{name}: {value}"]
+        done = subprocess.run([*argv, url], capture_output=True, text=True, check=True)
+        if "Non-2xx" in done.stdout or "Socket errors" in done.stdout:
+            raise RuntimeError(f"wrk saw errors:\n{done.stdout}")
+        match = re.search(r"Requests/sec:\s+([\d.]+)", done.stdout)
+        assert match, done.stdout
+        best = max(best, float(match.group(1)))
+    return best
+
+
+def measure_proxy(client, url: str) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """(requests/s straight to the app, requests/s through the proxy)."""
+    from aimms_portal.db import session_scope
+    from aimms_portal.models import AppSession
+
+    session = client.post("/api/v1/sessions", json={"app": APP}).json()
+    while client.get(session["url"]).status_code != 200:
+        time.sleep(0.05)
+    with session_scope() as db:
+        row = db.get(AppSession, session["id"])
+        assert row is not None
+        address = row.address
+    path = f"{session['url']}ping"
+    cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+    direct = wrk(f"http://{address}{path}", {})
+    proxied = wrk(f"{url}{path}", {"Cookie": cookie})
+    client.delete(f"/api/v1/sessions/{session['id']}")
+    return direct, proxied
+
+
+def report(args: argparse.Namespace, launch: list[float], direct: float, proxied: float) -> str:
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    ordered = sorted(launch)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    p50 = statistics.median(launch)
+    share = proxied / direct
+    return "\n".join(
+        [
+            DOCS_BEGIN,
+            f"Run of {now} on {machine()} (load average {load} before the run); "
+            f"Python {platform.python_version()}.",
+            "",
+            "```",
+            ".venv/bin/python bench/webui_latency.py"
+            + (f" --runs {args.runs}" if args.runs != 20 else "")
+            + (f" --docs {args.docs}" if args.docs else ""),
+            "```",
+            "",
+            "| measure | result | target |",
+            "|---|---:|---:|",
+            f"| launch → WebUI answering, p50 ({len(launch)} launches) | {p50 * 1000:,.0f} ms "
+            "| 1,500 ms |",
+            f"| launch → WebUI answering, p95 | {p95 * 1000:,.0f} ms | – |",
+            f"| requests/s straight to the app | {direct:,.0f} | – |",
+            f"| requests/s through the proxy | {proxied:,.0f} | – |",
+            f"| proxy share of direct | {share:.0%} | 60% |",
+            "",
+            f"Launch: {'meets' if p50 <= 1.5 else 'misses'} the target; proxy: "
+            f"{'meets' if share >= 0.6 else 'misses'} the target.",
+            DOCS_END,
+        ]
+    )
+
+
+def write_docs(path: Path, block: str) -> None:
+    text = path.read_text()
+    if DOCS_BEGIN in text:
+        head, rest = text.split(DOCS_BEGIN, 1)
+        _, tail = rest.split(DOCS_END, 1)
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--docs", type=Path)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is needed: apt-get install -y wrk", file=sys.stderr)
+        return 2
+
+    with throwaway_database() as url, tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        port = free_port()
+        env = dict(os.environ) | {
+            "AIMMS_PORTAL_DATABASE_URL": url,
+            "AIMMS_PORTAL_DATA_DIR": str(folder / "data"),
+            "AIMMS_PORTAL_STORAGE_URL": (folder / "storage").as_uri(),
+            "AIMMS_PORTAL_SESSIONS_DIR": str(folder / "sessions"),
+            "AIMMS_PORTAL_RUNTIME_CACHE_DIR": str(folder / "cache"),
+            "AIMMS_PORTAL_PORT": str(port),
+            "AIMMS_PORTAL_LOG_LEVEL": "WARNING",
+            "AIMMS_PORTAL_DEMO": "false",
+            "AIMMS_PORTAL_MAX_SESSIONS_PER_USER": "5",
+        }
+        os.environ.update({k: env[k] for k in env if k.startswith("AIMMS_PORTAL_")})
+        seed(folder)
+        with backend(env, folder / "backend.log") as api:
+            client = browser(api)
+            launch = measure_launch(client, args.runs)
+            direct, proxied = measure_proxy(client, api)
+    block = report(args, launch, direct, proxied)
+    print(block)
+    if args.docs:
+        write_docs(args.docs, block)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
