@@ -26,10 +26,11 @@ import hashlib
 import html
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
-import httpx
+import aiohttp
 import websockets
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -67,19 +68,25 @@ METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 #: How often an open WebSocket counts as activity, in seconds.
 WEBSOCKET_ACTIVITY = 30.0
 
-_clients: dict[int, httpx.AsyncClient] = {}
+_clients: dict[int, aiohttp.ClientSession] = {}
 
 
-def _client() -> httpx.AsyncClient:
-    """One pooled client per event loop (a portal process may run several loops)."""
+def _client() -> aiohttp.ClientSession:
+    """One pooled client per event loop (a portal process may run several loops).
+
+    aiohttp rather than httpx here: the proxy forwards every request of every page, and
+    httpx's connection pool checks all its idle connections on each request, which made
+    it the proxy's largest cost (measured with py-spy under ``bench/webui_latency.py``).
+    """
     loop = id(asyncio.get_running_loop())
     client = _clients.get(loop)
-    if client is None:
-        client = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=5.0, read=None, write=60.0, pool=10.0),
-            follow_redirects=False,
+    if client is None or client.closed:
+        client = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=200, limit_per_host=100, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(total=None, connect=5.0, sock_connect=5.0),
+            auto_decompress=False,  # bytes pass through as the app sent them
             trust_env=False,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
         _clients[loop] = client
     return client
@@ -262,9 +269,9 @@ def _without_portal_cookies(header: str) -> str:
     return "; ".join(kept)
 
 
-def _answer_headers(headers: httpx.Headers) -> list[tuple[str, str]]:
+def _answer_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     kept = []
-    for name, value in headers.multi_items():
+    for name, value in headers:
         lower = name.lower()
         if lower in HOP_BY_HOP:
             continue
@@ -295,16 +302,12 @@ async def proxy_http(session_id: int, path: str, request: Request) -> Response:
     headers = _forward_headers(
         request.headers, request.client.host if request.client else "", request.url.scheme
     )
-    client = _client()
-    outgoing = client.build_request(
-        request.method,
-        url,
-        headers=headers,
-        content=request.stream() if request.method not in ("GET", "HEAD") else None,
-    )
+    body = None if request.method in ("GET", "HEAD") else request.stream()
     try:
-        answer = await client.send(outgoing, stream=True)
-    except httpx.HTTPError as exc:
+        answer = await _client().request(
+            request.method, url, headers=headers, data=body, allow_redirects=False
+        )
+    except (aiohttp.ClientError, OSError) as exc:
         _passes.forget_session(session_id)
         logger.info("session %s does not answer: %s", session_id, type(exc).__name__)
         problem = Conflict("The app of this session does not answer right now.", code="app_down")
@@ -314,14 +317,16 @@ async def proxy_http(session_id: int, path: str, request: Request) -> Response:
     return _stream(answer)
 
 
-def _stream(answer: httpx.Response) -> StreamingResponse:
+def _stream(answer: aiohttp.ClientResponse) -> StreamingResponse:
     response = StreamingResponse(
-        answer.aiter_raw(), status_code=answer.status_code, background=BackgroundTask(answer.aclose)
+        answer.content.iter_any(),
+        status_code=answer.status,
+        background=BackgroundTask(answer.release),
     )
     # several headers of one name (Set-Cookie) must stay apart: set the raw list
     response.raw_headers = [
         (name.lower().encode("latin-1"), value.encode("latin-1"))
-        for name, value in _answer_headers(answer.headers)
+        for name, value in _answer_headers(answer.headers.items())
     ]
     return response
 
