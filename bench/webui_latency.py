@@ -50,7 +50,7 @@ from bench.solve_latency import backend  # noqa: E402
 DOCS_BEGIN = "<!-- webui_latency: begin (written by bench/webui_latency.py) -->"
 DOCS_END = "<!-- webui_latency: end -->"
 APP = "webui-bench"
-PASSWORD = "Bench-password-123!"
+PASSWORD = "Bench-password-123!"  # noqa: S105  (a throwaway database's user)
 
 WEB_PY = r'''
 import http.server, os

@@ -8,8 +8,6 @@ from argon2 import PasswordHasher
 from aimms_portal.auth import passwords
 from aimms_portal.errors import InvalidInput
 
-pytestmark = pytest.mark.sqlite
-
 GOOD = "Correct-horse-9-battery"
 
 

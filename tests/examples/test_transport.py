@@ -26,8 +26,6 @@ from tests.examples.conftest import (
     running_webui,
 )
 
-pytestmark = pytest.mark.sqlite
-
 #: The example's least total cost, found by ``cheapest_plan_cost`` below (not by HiGHS).
 EXAMPLE_OPTIMUM = 29_580
 

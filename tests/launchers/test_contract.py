@@ -44,8 +44,6 @@ from aimms_portal.launchers.base import (
 )
 from aimms_portal.launchers.local import LocalLauncher
 
-pytestmark = pytest.mark.sqlite
-
 REPO = Path(__file__).resolve().parents[2]
 PORTAL_URL = "http://127.0.0.1:9/"
 

@@ -28,8 +28,6 @@ from aimms_portal.packages.archives import (
 )
 from tests.corpus.crafting import RawEntry, TarMember, gzip_bytes, raw_zip, tar_bytes
 
-pytestmark = pytest.mark.sqlite
-
 MiB = 1024 * 1024
 Write = Callable[[str, bytes], Path]
 

@@ -20,8 +20,6 @@ from aimms_portal.packages import (
 )
 from tests.corpus.crafting import RawEntry, TarMember, png_bytes, raw_zip, tar_bytes
 
-pytestmark = pytest.mark.sqlite
-
 Keys = tuple[bytes, bytes]
 
 

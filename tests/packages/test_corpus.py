@@ -17,8 +17,6 @@ from aimms_portal.packages import inspect_bundle, inspect_runtime, signing
 from tests.corpus import CASES, CORPUS_DIR, TEST_SIGNING_KEY_FILE, Case, trusted_key
 from tests.corpus.make_corpus import ENCRYPTED_FILE, build_corpus
 
-pytestmark = pytest.mark.sqlite
-
 LIBRARY_CASES = [case for case in CASES.values() if not case.service_only]
 SERVICE_CASES = [case for case in CASES.values() if case.service_only]
 

@@ -30,8 +30,6 @@ from aimms_portal.packages.encryption import (
     read_header,
 )
 
-pytestmark = pytest.mark.sqlite
-
 Keys = tuple[bytes, bytes]
 SEALED = CHUNK_SIZE + 16
 

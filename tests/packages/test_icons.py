@@ -13,8 +13,6 @@ from aimms_portal.errors import InvalidInput
 from aimms_portal.packages.icons import MAX_ICON_BYTES, check_icon
 from tests.corpus.crafting import png_bytes
 
-pytestmark = pytest.mark.sqlite
-
 SVG_NS = 'xmlns="http://www.w3.org/2000/svg"'
 XLINK_NS = 'xmlns:xlink="http://www.w3.org/1999/xlink"'
 

@@ -18,8 +18,6 @@ from aimms_portal.packages.manifests import (
     parse_version,
 )
 
-pytestmark = pytest.mark.sqlite
-
 
 def runtime_doc(**changes: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {

@@ -14,8 +14,6 @@ from aimms_portal.packages import ArchiveError, Limits, build_runtime, inspect_r
 from aimms_portal.packages.manifests import ManifestError
 from tests.corpus.crafting import RawEntry, TarMember, make_wheel, raw_zip, tar_bytes
 
-pytestmark = pytest.mark.sqlite
-
 
 def manifest(**changes: Any) -> bytes:
     doc: dict[str, Any] = {"format": 1, "name": "highs", "version": "1.7", "python": ">=3.11"}

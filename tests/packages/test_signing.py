@@ -26,8 +26,6 @@ from aimms_portal.packages.signing import (
     verify_trusted,
 )
 
-pytestmark = pytest.mark.sqlite
-
 DIGEST = hashlib.sha256(b"a package").hexdigest()
 OTHER_DIGEST = hashlib.sha256(b"another package").hexdigest()
 

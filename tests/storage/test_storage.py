@@ -34,8 +34,6 @@ from aimms_portal.storage.local import LocalStorage
 from aimms_portal.storage.s3 import PART_SIZE, S3Storage
 from tests.servers import free_port, s3_client
 
-pytestmark = pytest.mark.sqlite
-
 MiB = 1024 * 1024
 
 

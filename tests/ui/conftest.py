@@ -78,12 +78,17 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Portal]:
     One portal serves all tests of a module (starting one takes a while), so tests
     create what they need under names of their own, through the portal itself.
     """
-    tmp_path = tmp_path_factory.mktemp("portal")
+    yield from serve_portal(tmp_path_factory.mktemp("portal"))
+
+
+def serve_portal(tmp_path: Path, settings: dict[str, str] | None = None) -> Iterator[Portal]:
+    """A portal as the ``portal`` fixture's, with ``settings`` (environment variables such
+    as ``AIMMS_PORTAL_WEBUI_IDLE_MINUTES``) on top: for a module-scoped fixture of its own."""
     with migrated_database(tmp_path) as database_url:
-        yield from _serve(tmp_path, database_url)
+        yield from _serve(tmp_path, database_url, settings or {})
 
 
-def _serve(tmp_path: Path, database_url: str) -> Iterator[Portal]:
+def _serve(tmp_path: Path, database_url: str, settings: dict[str, str]) -> Iterator[Portal]:
     port = _free_port()
     url = f"http://localhost:{port}"
     project = tmp_path / "project"
@@ -104,6 +109,7 @@ def _serve(tmp_path: Path, database_url: str) -> Iterator[Portal]:
         REFLEX_TELEMETRY_ENABLED="false",
         REFLEX_CHECK_LATEST_VERSION="false",
     )
+    env.update(settings)
     tools = REPO_ROOT / ".tools" / "node_modules" / ".bin"
     if tools.is_dir():
         env["PATH"] = f"{tools}{os.pathsep}{env['PATH']}"
