@@ -29,6 +29,7 @@ from aimms_portal.ui.pages import (
     new_job,
     publish,
     runtimes,
+    sessions,
     tokens,
     upcoming,
 )
@@ -104,7 +105,7 @@ _signed_on = [
     (jobs_ui.jobs_page, "/jobs", "Jobs", [jobs_ui.JobsState.open]),
     (new_job.new_job_page, "/jobs/new", "New job", [new_job.NewJobState.load]),
     (job_details.job_page, "/jobs/[id]", "Job", [job_details.JobState.load]),
-    (upcoming.sessions_page, "/sessions", "Sessions", []),
+    (sessions.sessions_page, "/sessions", "Sessions", [sessions.SessionsState.open]),
     (tokens.tokens_page, "/tokens", "API tokens", [tokens.TokensState.load]),
     (account.account_page, "/account", "Your account", []),
 ]

@@ -7,14 +7,6 @@ import reflex as rx
 from aimms_portal.ui.layout import not_built
 
 
-def sessions_page() -> rx.Component:
-    return not_built(
-        "Sessions",
-        "Your WebUI and desktop client sessions will be listed here.",
-        "data sessions",
-    )
-
-
 def operator_page() -> rx.Component:
     return not_built(
         "Operator",
