@@ -395,8 +395,9 @@ async def _relay(websocket: WebSocket, upstream: Any, target: AppSession) -> Non
                 await websocket.send_text(message)
 
     async def keep_active() -> None:
+        interval = min(WEBSOCKET_ACTIVITY, sessions.activity_interval().total_seconds())
         while True:
-            await asyncio.sleep(WEBSOCKET_ACTIVITY)
+            await asyncio.sleep(interval)
             await run_blocking(_touch, target.id or 0)
 
     tasks = [asyncio.create_task(t()) for t in (to_app, to_browser, keep_active)]

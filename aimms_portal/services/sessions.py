@@ -208,8 +208,9 @@ def _take_seat(session: Session, actor: User, kind: str, per_user: int, webui: i
         )
     ).one()
     if mine >= per_user:
+        open_ = f"{mine} session open" if mine == 1 else f"{mine} sessions open"
         raise Conflict(
-            f"No free seat: you have {mine} sessions open, the most one user may have. "
+            f"No free seat: you have {open_}, the most one user may have. "
             "End one on the Sessions page, then launch again.",
             code="no_free_seats",
         )
@@ -465,10 +466,17 @@ def proxy_target(session: Session, *, actor: User, session_id: int) -> AppSessio
     return row
 
 
+def activity_interval() -> timedelta:
+    """How often activity is written: every 30 s, or more often under a short idle timeout
+    (a session in use must never look idle for as long as the timeout)."""
+    idle = timedelta(minutes=get_settings().webui_idle_minutes)
+    return min(ACTIVITY_WRITE_INTERVAL, idle / 4)
+
+
 def touch(session: Session, row: AppSession) -> None:
-    """Note activity on a session, at most every :data:`ACTIVITY_WRITE_INTERVAL`."""
+    """Note activity on a session, at most every :func:`activity_interval`."""
     now = utcnow()
-    if row.last_activity_at is not None and now - row.last_activity_at < ACTIVITY_WRITE_INTERVAL:
+    if row.last_activity_at is not None and now - row.last_activity_at < activity_interval():
         return
     session.execute(
         update(AppSession)

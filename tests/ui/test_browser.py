@@ -32,7 +32,7 @@ def test_admin_creates_user_and_token_then_logs_off(page: Page, portal: Portal) 
     nav = page.locator("#main-nav")
     for area in ("Apps", "Jobs", "Sessions", "Runtimes", "Admin", "Operator"):
         expect(nav.get_by_text(area, exact=True)).to_be_visible()
-    page.goto(f"{portal.url}/sessions")
+    page.goto(f"{portal.url}/operator")
     expect(page.locator("#not-built")).to_contain_text("not built yet")
 
     # create a user on the admin page
