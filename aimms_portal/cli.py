@@ -1123,5 +1123,44 @@ def job_wait(
     _exit_as_job(job)
 
 
+# -- desktop sessions ----------------------------------------------------------------------
+
+
+@app.command("desktop")
+def desktop_session(
+    app_name: Annotated[str, typer.Argument(metavar="APP", help="The app.")],
+    version: Annotated[str | None, typer.Option(help="A release (default: latest).")] = None,
+    no_browser: Annotated[
+        bool, typer.Option("--no-browser", help="Only print the app's address.")
+    ] = False,
+) -> None:
+    """Run an app on this computer as a desktop session (one of your seats) and open it in
+    the browser; its solves go to the portal as jobs. Ctrl-C ends it."""
+    import logging
+
+    from aimms_portal.desktop import run_desktop
+
+    # the runner's progress (preparing the runtime, the app's port) goes to stderr
+    logger = logging.getLogger("aimms_portal")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with _stored_client() as client:
+            ended = run_desktop(
+                client, app_name, version=version, open_browser=not no_browser, say=typer.echo
+            )
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved_level)
+    summary = f"Desktop session {ended.session_id} {ended.state}"
+    summary += f": {ended.reason}." if ended.reason else "."
+    if ended.state != "stopped":
+        raise _fail(summary)
+    typer.echo(summary)
+
+
 if __name__ == "__main__":
     main()

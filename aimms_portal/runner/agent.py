@@ -8,7 +8,9 @@ portal only through the REST API with the session token.
 
 A solve session asks for a job (a long poll), runs it, reports it, and asks again;
 the portal tells it to stop when it has been idle too long or is not needed. A WebUI
-session runs the app's web server (see :mod:`aimms_portal.runner.webui`). SIGTERM
+session runs the app's web server (see :mod:`aimms_portal.runner.webui`); so does a
+desktop session, which :mod:`aimms_portal.desktop` drives on the user's own computer
+with this same :class:`Runner`. SIGTERM
 (the launcher stopping the session) kills a running procedure and ends the runner at
 once, without reporting: the portal puts that job back in the queue itself.
 
@@ -24,6 +26,7 @@ import shutil
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -85,7 +88,11 @@ def main() -> int:
 
 
 class Runner:
-    """One session's runner (see the module docstring)."""
+    """One session's runner (see the module docstring).
+
+    ``on_ready``, if given, is called with the app's local address (``http://...``)
+    once a WebUI or desktop session's app answers and the portal knows it is ready.
+    """
 
     def __init__(
         self,
@@ -95,6 +102,8 @@ class Runner:
         cache_dir: Path,
         session_env: dict[str, str],
         stop: threading.Event,
+        *,
+        on_ready: Callable[[str], None] | None = None,
     ) -> None:
         self.api = api
         self.kind = kind
@@ -102,6 +111,7 @@ class Runner:
         self.cache_dir = cache_dir
         self.session_env = session_env
         self.stop = stop
+        self.on_ready = on_ready
 
     def run(self) -> int:
         _, info = self.api.call("GET", "/runner/session")
@@ -109,14 +119,13 @@ class Runner:
             "session %s: %s %s (%s)", info["session_id"], info["app"], info["version"], info["kind"]
         )
         try:
-            env_dir = prepare_runtime(self.api, info["runtime"], self.cache_dir)
-            app_dir = prepare_bundle(self.api, info["bundle"], self.work_dir)
+            env_dir, app_dir = self.prepare(info)
         except PrepareError as exc:
             logger.error("cannot prepare the session: %s", exc)
             self._report_failure(f"the session could not be prepared: {exc}")
             return EXIT_PREPARE
         self._offer_sdk(info)
-        if self.kind == "webui":
+        if self.kind in ("webui", "desktop"):
             return serve_webui(
                 self.api,
                 info,
@@ -125,6 +134,7 @@ class Runner:
                 session_env=self.session_env,
                 stop=self.stop,
                 report_failure=self._report_failure,
+                on_ready=self.on_ready,
             )
         self.api.call("POST", "/runner/ready")
         logger.info("session ready")
@@ -132,6 +142,17 @@ class Runner:
             return self._serve_jobs(env_dir, app_dir)
         self._report_failure(f"this runner cannot serve {self.kind!r} sessions")
         return EXIT_PREPARE
+
+    def prepare(self, info: dict[str, Any]) -> tuple[Path, Path]:
+        """The session's runtime environment (cached) and its app folder (fetched,
+        verified, decrypted, unpacked), from the session document ``info``.
+
+        Raises:
+            PrepareError: the runtime or the bundle cannot be prepared (the message says
+                why).
+        """
+        env_dir = prepare_runtime(self.api, info["runtime"], self.cache_dir)
+        return env_dir, prepare_bundle(self.api, info["bundle"], self.work_dir)
 
     def _offer_sdk(self, info: dict[str, Any]) -> None:
         """Put the apps' SDK on the app's path (``import aimms_portal_sdk``) and say which

@@ -8,6 +8,9 @@ under, e.g. ``/s/12/``; the app must serve its pages under it). What the app pri
 to the session's log. The session is ready once the app answers any HTTP request at its
 base path; an app that exits, or does not answer within the portal's time, ends the
 session as failed with the reason and the last lines it printed.
+
+A desktop session (:mod:`aimms_portal.desktop`) is served the same way on the user's own
+computer, under the base path ``/``: the browser opens the app's port directly.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +111,13 @@ def serve_webui(
     session_env: dict[str, str],
     stop: threading.Event,
     report_failure: Any,
+    on_ready: Callable[[str], None] | None = None,
 ) -> int:
-    """Run the session's WebUI until the portal or a signal ends it; the exit code."""
+    """Run the session's WebUI until the portal or a signal ends it; the exit code.
+
+    ``on_ready`` is called with the app's address (``http://127.0.0.1:PORT/base/``) once
+    the portal has been told the session is ready.
+    """
     command = (info["manifest"].get("webui") or {}).get("command")
     if not command:
         report_failure("the release has no WebUI command", [])
@@ -146,10 +155,13 @@ def serve_webui(
             return 2
         time.sleep(0.05)
 
-    api.call("POST", "/runner/ready", {"address": f"127.0.0.1:{port}"})
-    logger.info("the app answers on port %d under %s", port, base_path)
     interval = float(info.get("heartbeat_seconds") or 2)
     try:
+        # inside the try: a session that ended meanwhile (401, 410) stops the app too
+        api.call("POST", "/runner/ready", {"address": f"127.0.0.1:{port}"})
+        logger.info("the app answers on port %d under %s", port, base_path)
+        if on_ready is not None:
+            on_ready(f"http://127.0.0.1:{port}{base_path}")
         while not stop.wait(interval):
             code = app.exit_code()
             if code is not None:
