@@ -140,7 +140,7 @@ def run_desktop(
             _open_in_browser(url, say)
 
     stop, closing = threading.Event(), threading.Event()
-    api = PortalAPI(client.url, token)
+    api = PortalAPI(client.url, token, stop=stop)
     work_dir = Path(tempfile.mkdtemp(prefix="aimms-portal-desktop-"))
     runner = _DesktopRunner(
         api,

@@ -69,7 +69,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
 
-    api = PortalAPI(url, token)
+    api = PortalAPI(url, token, stop=stop)
     # the procedure and the app see the session's variables, not the runner's others
     session_env = {
         k: v

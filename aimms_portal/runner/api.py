@@ -41,7 +41,16 @@ class PortalAPIError(Exception):
 class PortalAPI:
     """Calls ``/api/v1/...`` of one portal with a session token."""
 
-    def __init__(self, url: str, token: str, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        timeout: float = 60.0,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """``stop``, once set, ends any waiting for an unreachable portal at once (the
+        session is ending: no call is worth a minute of retries then)."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) portal address: {url!r}")
@@ -51,6 +60,7 @@ class PortalAPI:
         self._prefix = parts.path.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}", "User-Agent": "aimms-portal-runner"}
         self._timeout = timeout
+        self._stop = stop
         self._local = threading.local()
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -88,7 +98,11 @@ class PortalAPI:
         """Send one request, retrying while the portal cannot be reached."""
         deadline = time.monotonic() + RETRY_SECONDS
         pause = 0.2
+        fresh = False
         while True:
+            # a kept-alive connection the server has closed meanwhile fails at once:
+            # the first retry is on a new connection, without a pause
+            fresh = fresh or getattr(self._local, "conn", None) is None
             conn = self._connection()
             try:
                 if timeout is not None:
@@ -103,12 +117,19 @@ class PortalAPI:
             except (OSError, http.client.HTTPException) as exc:
                 self._drop_connection()
                 seekable = body is None or isinstance(body, bytes)
-                if not retry or not seekable or time.monotonic() > deadline:
+                if seekable and not fresh:
+                    fresh = True
+                    continue
+                stopping = self._stop is not None and self._stop.is_set()
+                if not retry or not seekable or stopping or time.monotonic() > deadline:
                     raise PortalAPIError(
                         0, "unreachable", f"cannot reach the portal: {exc}"
                     ) from exc
                 logger.warning("portal not reachable (%s); trying again", type(exc).__name__)
-                time.sleep(pause)
+                if self._stop is not None:
+                    self._stop.wait(pause)
+                else:
+                    time.sleep(pause)
                 pause = min(pause * 2, 5.0)
 
     @staticmethod

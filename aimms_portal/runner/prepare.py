@@ -20,10 +20,13 @@ and unpacked under the same archive rules the portal applied at publishing.
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import logging
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -126,14 +129,30 @@ def _check_python(spec: str) -> None:
 
 
 def _run(argv: list[str], what: str) -> None:
+    """Run one build step as a process group of its own, so that an interruption (a
+    timeout, the session being stopped) ends the step's every process before the
+    half-built folder is removed."""
     try:
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False
+        process = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            process_group=0,
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except OSError as exc:
         raise PrepareError(f"could not {what}: {exc}") from exc
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+    try:
+        out, err = process.communicate(timeout=BUILD_TIMEOUT)
+    except BaseException as exc:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise PrepareError(f"could not {what} within {BUILD_TIMEOUT} s") from exc
+        raise
+    if process.returncode != 0:
+        tail = (err or out).strip().splitlines()[-5:]
         raise PrepareError(f"could not {what}: " + " | ".join(tail))
 
 
