@@ -7,6 +7,7 @@ import logging
 
 import reflex as rx
 
+from aimms_portal.api import proxy
 from aimms_portal.api.app import create_api
 from aimms_portal.config import get_settings
 from aimms_portal.db import session_scope
@@ -88,9 +89,18 @@ async def run_scheduler() -> None:
         await asyncio.to_thread(scheduler.stop)
 
 
+async def close_proxy_connections() -> None:
+    """Keep the proxy's pooled connections to apps until the portal stops."""
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await proxy.close_clients()
+
+
 app = rx.App(api_transformer=create_api())
 app.register_lifespan_task(enforce_retention)
 app.register_lifespan_task(run_scheduler)
+app.register_lifespan_task(close_proxy_connections)
 
 app.add_page(login.login_page, route="/login", title="Log on · aimms portal")
 

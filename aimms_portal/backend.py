@@ -30,7 +30,7 @@ def main() -> None:
             host="127.0.0.1",
             port=settings.port,
             log_level="warning",
-            lifespan="off",
+            lifespan="on",
         )
     finally:
         scheduler.stop()

@@ -310,7 +310,7 @@ def publish_solver_app(folder: Path, *, runners: tuple[str, ...] = ("uma",)) -> 
 def _serve(port: int) -> tuple[uvicorn.Server, threading.Thread]:
     server = uvicorn.Server(
         uvicorn.Config(
-            create_api(), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+            create_api(), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)

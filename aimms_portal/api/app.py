@@ -7,8 +7,10 @@ routes here win and everything else falls through to the UI. Every error leaves 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
@@ -191,7 +193,16 @@ def _add_docs(api: FastAPI) -> None:
 
 def create_api() -> FastAPI:
     """The REST API with the operations routes, error handlers and metrics."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # runs where the API is served by itself (the backend); inside the Reflex app
+        # the portal's own lifespan task closes the proxy's connections
+        yield
+        await proxy.close_clients()
+
     api = FastAPI(
+        lifespan=lifespan,
         title="aimms_portal",
         version="1",
         description="REST API of the aimms_portal: accounts, groups, tokens and the audit log.",

@@ -92,6 +92,13 @@ def _client() -> aiohttp.ClientSession:
     return client
 
 
+async def close_clients() -> None:
+    """Close this process's pooled connections to apps (at shutdown)."""
+    for client in list(_clients.values()):
+        await client.close()
+    _clients.clear()
+
+
 # -- who may pass -------------------------------------------------------------------------
 
 
