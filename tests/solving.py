@@ -144,6 +144,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 ("Set-Cookie", "app=1; Path=" + BASE),
             ]
             return self._send(200, b"{}", extra=extra)
+        if rest == "api/big":  # larger than what the proxy reads whole: streamed
+            return self._send(200, bytes(range(256)) * 12288, "application/octet-stream")
+        if rest == "api/chunked":  # no Content-Length: streamed as it comes
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for part in (b"one,", b"two,", b"three"):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.flush()
+                time.sleep(0.05)
+            self.wfile.write(b"0\r\n\r\n")
+            return
         if rest == "ws" and self.headers.get("Upgrade", "").lower() == "websocket":
             return self._websocket()
         return self._send(404, b"{}")

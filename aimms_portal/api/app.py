@@ -265,5 +265,6 @@ def create_api() -> FastAPI:
     api.add_exception_handler(HTTPException, _http_error)
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(Exception, _unexpected_error)
-    api.add_middleware(MetricsMiddleware)
+    api.add_middleware(proxy.SessionProxy)
+    api.add_middleware(MetricsMiddleware)  # the outermost: it counts the proxy's requests too
     return api

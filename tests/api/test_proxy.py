@@ -106,6 +106,14 @@ def test_a_webui_session_works_through_the_proxy(
     body = os.urandom(6 * 1024 * 1024)
     echoed = owner.post(f"{base}api/echo", content=body).json()
     assert echoed == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    big = owner.get(f"{base}api/big")
+    assert big.status_code == 200 and big.content == bytes(range(256)) * 12288
+    assert big.headers["content-length"] == str(256 * 12288)
+    chunked = owner.get(f"{base}api/chunked")
+    assert chunked.status_code == 200 and chunked.text == "one,two,three"
+    # proxied requests are counted under the proxy's route template, not one per path
+    metrics = httpx.get(f"{solve_portal.url}/metrics", trust_env=False).text
+    assert 'route="/s/{session_id}/{path:path}",status="200"' in metrics
     # a WebSocket too, with the log-on cookie
     cookie = "; ".join(f"{k}={v}" for k, v in owner.cookies.items())
     ws_url = solve_portal.url.replace("http", "ws") + f"{base}ws"
