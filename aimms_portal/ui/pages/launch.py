@@ -463,8 +463,9 @@ def _desktop_section() -> rx.Component:
     return rx.vstack(
         rx.heading("On your computer", size="4"),
         rx.text(
-            "Run the app on your own computer with the aimms-portal command; it stays "
-            "connected to this portal. Log on once, then start the release:",
+            "Run the app on your own computer with the aimms-portal command (installed "
+            "from the portal's repository, see its README); it stays connected to this "
+            "portal. Log on once, then start the release:",
             size="2",
         ),
         _copyable(target["desktop_login"], "launch-desktop-login"),
