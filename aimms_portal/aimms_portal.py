@@ -138,3 +138,6 @@ for guard, pages in (
         # the guard runs the loaders only once it has confirmed the log-on and role
         PAGE_LOADERS[route] = loaders
         app.add_page(component, route=route, title=f"{title} · aimms portal", on_load=guard)
+
+# the catalogue lives at "/", its apps under /apps/<name>: /apps itself leads there too
+app.add_page(rx.fragment, route="/apps", title="Apps · aimms portal", on_load=rx.redirect("/"))

@@ -128,6 +128,9 @@ def test_publisher_uploads_grants_and_rolls_back(
     # a member of the group sees it, in the catalogue and through REST; an outsider does not
     uma = _new_page(browser, portal, MEMBER)
     expect(uma.locator(f"#app-card-{APP_NAME}")).to_contain_text("Launch")
+    uma.goto(f"{portal.url}/apps")  # the catalogue's other address
+    expect(uma).to_have_url(f"{portal.url}/")
+    expect(uma.locator(f"#app-card-{APP_NAME}")).to_contain_text("Launch")
     otto = _new_page(browser, portal, OUTSIDER)
     expect(otto.locator("#catalogue-empty")).to_be_visible()
     expect(otto.locator(f"#app-card-{APP_NAME}")).to_have_count(0)
