@@ -31,6 +31,9 @@ def main() -> None:
             port=settings.port,
             log_level="warning",
             lifespan="on",
+            # warm sessions' long polls would hold a stop up for up to 20 s; their
+            # runners ask again (of another portal process, or of this one restarted)
+            timeout_graceful_shutdown=5,
         )
     finally:
         scheduler.stop()

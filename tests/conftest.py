@@ -9,8 +9,12 @@ subset, ``-m sqlite``). Every test starts from empty tables.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,7 +27,7 @@ from aimms_portal import config, storage
 from aimms_portal.api.app import create_api
 from aimms_portal.db import reset_engine, session_scope
 from aimms_portal.models import Role, User
-from aimms_portal.services import accounts
+from aimms_portal.services import accounts, demo
 from tests.helpers import PASSWORD, USE_SQLITE, migrated_database
 
 pytest_plugins = ["tests.servers", "tests.solving"]
@@ -120,3 +124,38 @@ def client(db: None) -> Iterator[TestClient]:
     """The REST API in-process (no UI), cookies kept between calls."""
     with TestClient(create_api(), client=("203.0.113.7", 50000)) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="session")
+def demo_wheels(request: pytest.FixtureRequest) -> Path:
+    """The demo runtime's wheels, downloaded from PyPI once and kept in the pytest cache."""
+    digest = hashlib.sha256((demo.RUNTIME_DIR / "requirements.txt").read_bytes()).hexdigest()[:16]
+    folder = Path(request.config.cache.mkdir(f"demo-wheels-{digest}"))
+    complete = folder / "complete"
+    if not complete.exists():
+        # into a subfolder of this process first: an interrupted download is never taken
+        # as done, and parallel test workers never download into one folder
+        partial = folder / f"partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--only-binary=:all:",
+                "-r",
+                str(demo.RUNTIME_DIR / "requirements.txt"),
+                "-d",
+                str(partial),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        for wheel in partial.glob("*.whl"):
+            wheel.replace(folder / wheel.name)
+        shutil.rmtree(partial)
+        complete.write_text("")
+    return folder

@@ -323,7 +323,13 @@ def publish_solver_app(folder: Path, *, runners: tuple[str, ...] = ("uma",)) -> 
 def _serve(port: int) -> tuple[uvicorn.Server, threading.Thread]:
     server = uvicorn.Server(
         uvicorn.Config(
-            create_api(), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+            create_api(),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            # a test's stray long poll must not hold the server (and the next test) up
+            timeout_graceful_shutdown=2,
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)

@@ -38,12 +38,10 @@ from tests import test_cli
 from tests.api.support import quick_user
 from tests.examples.test_transport import EXAMPLE_OPTIMUM
 from tests.servers import free_port
-from tests.services.test_demo import demo_wheels
 from tests.solving import MANIFEST, SOLVER_APP, SolvePortal, process_alive, solver_bundle
 from tests.test_cli import assert_clean_failure, cli
 
 cli_home = test_cli.cli_home
-__all__ = ["demo_wheels"]  # a fixture, used by name
 
 #: The first desktop session of a run builds the test runtime's environment.
 READY_TIMEOUT = 120

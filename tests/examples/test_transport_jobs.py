@@ -21,12 +21,10 @@ from aimms_portal.services import demo
 from tests import test_cli
 from tests.examples.conftest import EXAMPLE_CASE
 from tests.examples.test_transport import EXAMPLE_OPTIMUM, example, with_demand
-from tests.services.test_demo import demo_wheels
 from tests.solving import SolvePortal
 from tests.test_cli import cli
 
 cli_home = test_cli.cli_home
-__all__ = ["demo_wheels"]  # a fixture, used by name
 
 #: A cold session installs numpy and highspy into the runtime's environment first.
 JOB_TIMEOUT = 300

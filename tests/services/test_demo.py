@@ -8,7 +8,6 @@ the service tests build from there. The CLI test runs ``aimms-portal run
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -40,40 +39,6 @@ pytestmark = pytest.mark.sqlite
 REQUIREMENTS = demo.RUNTIME_DIR / "requirements.txt"
 SUMMARY = "demo published: runtime python-highs 1.0.0, app transport 1.0.0 (everyone may run it)"
 CONSOLE_SCRIPT = Path(sys.executable).parent / "aimms-portal"
-
-
-@pytest.fixture(scope="session")
-def demo_wheels(request: pytest.FixtureRequest) -> Path:
-    """The demo runtime's wheels, downloaded from PyPI once and kept in the pytest cache."""
-    digest = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:16]
-    folder = Path(request.config.cache.mkdir(f"demo-wheels-{digest}"))
-    complete = folder / "complete"
-    if not complete.exists():
-        # into a fresh subfolder first: an interrupted download is never taken as done
-        partial = folder / "partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--disable-pip-version-check",
-                "--no-input",
-                "--only-binary=:all:",
-                "-r",
-                str(REQUIREMENTS),
-                "-d",
-                str(partial),
-            ],
-            check=True,
-            capture_output=True,
-        )
-        for wheel in partial.glob("*.whl"):
-            wheel.replace(folder / wheel.name)
-        shutil.rmtree(partial)
-        complete.write_text("")
-    return folder
 
 
 @pytest.fixture

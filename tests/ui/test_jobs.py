@@ -7,10 +7,8 @@ launcher, which prepare the test runtime's environment and run the procedures.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import shutil
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -319,24 +317,12 @@ def test_a_refresh_loop_stops_when_its_tab_leaves_disconnects_or_is_replaced(
 
 
 @pytest.fixture(scope="module")
-def demo_app(
-    portal: Portal, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+def demo_app(portal: Portal, demo_wheels: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """The demo runtime (HiGHS wheels from PyPI, kept in the pytest cache) and the
     transport app, published for everyone under a key of this test's own."""
     folder = tmp_path_factory.mktemp("demo")
-    requirements = (RUNTIME_DIR / "requirements.txt").read_bytes()
-    digest = hashlib.sha256(requirements).hexdigest()[:16]
-    cache = Path(request.config.cache.mkdir(f"demo-wheels-{digest}"))  # type: ignore[union-attr]
-    wheel_dir = cache if (cache / "complete").exists() else None
     package = folder / "runtime.zip"
-    build_runtime(RUNTIME_DIR, package, wheel_dir=wheel_dir)
-    if wheel_dir is None:
-        # keep the wheels for the next run, as tests/services/test_demo.py does
-        shutil.unpack_archive(package, folder / "unpacked", "zip")
-        for wheel in (folder / "unpacked").rglob("*.whl"):
-            shutil.copy(wheel, cache / wheel.name)
-        (cache / "complete").write_text("")
+    build_runtime(RUNTIME_DIR, package, wheel_dir=demo_wheels)
     private_pem, public = signing.generate_signing_key()
     signature = signing.sign_file(private_pem, package).to_json()
     bundle = folder / "transport.zip"

@@ -136,7 +136,9 @@ def heartbeat(runner: RunnerDep) -> dict[str, bool]:
 
 
 @router.post("/next", responses={204: {"description": "no job yet"}, 410: {}})
-async def next_job(runner: RunnerDep, wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0) -> Any:
+async def next_job(
+    runner: RunnerDep, request: Request, wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0
+) -> Any:
     """The job to run now; waits up to ``wait`` seconds for one. 204: none yet, ask
     again; 410: the session is to stop."""
     deadline = time.monotonic() + wait
@@ -150,6 +152,10 @@ async def next_job(runner: RunnerDep, wait: Annotated[float, Query(ge=0, le=MAX_
             return Response(status_code=status.HTTP_204_NO_CONTENT)
         # the wake-up is a hint; the next look at the database decides
         await signals.wait_async(channel, min(left, 1.0))
+        # a runner that is gone (killed, its session stopped) asks no more: stop polling
+        # for it, which also lets the server shut down without waiting out the poll
+        if await request.is_disconnected():
+            return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/jobs/{job_id}/input")
