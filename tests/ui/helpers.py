@@ -22,7 +22,12 @@ def log_on(page: Page, portal: Portal, username: str, password: str) -> None:
     page.fill("#login-username", username)
     page.fill("#login-password", password)
     page.click("#login-submit")
-    expect(page.locator("#main-nav")).to_be_visible(timeout=TIMEOUT)
+    try:
+        expect(page.locator("#main-nav")).to_be_visible(timeout=TIMEOUT)
+    except AssertionError as exc:
+        # what the portal did meanwhile is the clue to a log-on that never lands
+        tail = "\n".join(portal.log.read_text(errors="replace").splitlines()[-40:])
+        raise AssertionError(f"{exc}\n--- the portal's log, last lines:\n{tail}") from exc
 
 
 def token_for(portal: Portal, username: str, password: str, *scopes: str) -> str:
