@@ -460,25 +460,57 @@ _SESSION_PATH = re.compile(r"/s/(\d+)/")
 class SessionProxy:
     """ASGI middleware: HTTP requests under ``/s/<id>/`` go to :func:`_forward` directly.
 
-    Why ahead of the router: matching a request against every API route and passing it
-    through FastAPI's request layers cost more than forwarding it (0.7 of 1.1 ms per
-    request, measured with ``bench/webui_latency.py``), and an app's every page, script
-    and image comes this way. Everything else, WebSockets included, goes on to ``app``.
+    Why ahead of everything else: matching a request against every API route and passing
+    it through FastAPI's and Reflex's layers cost more than forwarding it (measured with
+    ``bench/webui_latency.py``), and an app's every page, script and image comes this
+    way. So it is the outermost layer of :func:`~aimms_portal.api.app.create_api`, and the
+    servers put one more in front of the whole ASGI app (the portal's Reflex app, the
+    backend's API); whichever sees a request first serves it. Everything else,
+    WebSockets included, goes on to ``app``.
+
+    It counts and times the requests it serves itself, in the API's metrics, labelled
+    with the proxy's route template (``/s/{session_id}/{path:path}``).
     """
 
     def __init__(self, app: ASGIApp) -> None:
+        # imported here: the API's module imports this one
+        from aimms_portal.api.app import HTTP_LATENCY, HTTP_REQUESTS
+
         self.app = app
-        self.route = next(
-            route for route in router.routes if getattr(route, "endpoint", None) is proxy_http
+        self._requests = HTTP_REQUESTS
+        self._latency = HTTP_LATENCY
+        self._template: str = next(
+            getattr(route, "path", "")
+            for route in router.routes
+            if getattr(route, "endpoint", None) is proxy_http
         )
+        # the labelled metrics per (method, status): looking them up costs more than
+        # the rest of the bookkeeping
+        self._metrics: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = _SESSION_PATH.match(scope["path"]) if scope["type"] == "http" else None
         if match is None:
             await self.app(scope, receive, send)
             return
-        scope["route"] = self.route  # what the router would have set (metrics read it)
-        await _forward(int(match[1]), scope, receive, send)
+        started = time.perf_counter()
+        status = 500
+        try:
+            status = await _forward(int(match[1]), scope, receive, send)
+        finally:
+            self._count(scope["method"], status, time.perf_counter() - started)
+
+    def _count(self, method: str, status: int, seconds: float) -> None:
+        metrics = self._metrics.get((method, status))
+        if metrics is None:
+            metrics = (
+                self._requests.labels(method, self._template, str(status)),
+                self._latency.labels(method, self._template),
+            )
+            if len(self._metrics) < 256:  # methods are the client's to choose
+                self._metrics[(method, status)] = metrics
+        metrics[0].inc()
+        metrics[1].observe(seconds)
 
 
 # -- WebSockets ------------------------------------------------------------------------------
