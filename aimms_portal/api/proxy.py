@@ -79,17 +79,23 @@ class _LoopState:
         self.loop = asyncio.get_running_loop()
         self.upstream = Upstream()
         #: pass checks under way, so that concurrent requests wait for one check
-        self.checks: dict[tuple[str, int], asyncio.Future[str]] = {}
+        self.checks: dict[tuple[bytes, int], asyncio.Future[str]] = {}
 
 
 _states: dict[int, _LoopState] = {}
+_last: _LoopState | None = None  # the one asked for last: almost always the one wanted
 
 
 def _state() -> _LoopState:
+    global _last
     loop = asyncio.get_running_loop()
+    state = _last
+    if state is not None and state.loop is loop and not state.upstream.closed:
+        return state
     state = _states.get(id(loop))
     if state is None or state.loop is not loop or state.upstream.closed:
         state = _states[id(loop)] = _LoopState()
+    _last = state
     return state
 
 
@@ -99,7 +105,8 @@ async def close_clients() -> None:
         if state.loop is asyncio.get_running_loop():
             state.upstream.close()
         else:
-            state.loop.call_soon_threadsafe(state.upstream.close)
+            with contextlib.suppress(RuntimeError):  # that loop is closed already
+                state.loop.call_soon_threadsafe(state.upstream.close)
     _states.clear()
 
 
@@ -140,7 +147,7 @@ class _Passes:
     """
 
     def __init__(self, limit: int = 10_000) -> None:
-        self._passes: collections.OrderedDict[tuple[str, int], tuple[float, str]] = (
+        self._passes: collections.OrderedDict[tuple[bytes, int], tuple[float, str]] = (
             collections.OrderedDict()
         )
         self._limit = limit
@@ -148,18 +155,17 @@ class _Passes:
         self.epoch = 0
 
     @staticmethod
-    def key(secret: str, authorization: str | None, session_id: int) -> tuple[str, int]:
+    def key(secret: bytes, authorization: bytes, session_id: int) -> tuple[bytes, int]:
         """The key of a pass: the credentials presented (hashed) and the session."""
-        credential = (authorization or "") + "|" + secret
-        return hashlib.sha256(credential.encode()).hexdigest(), session_id
+        return hashlib.sha256(b"%b|%b" % (authorization, secret)).digest(), session_id
 
-    def get(self, key: tuple[str, int]) -> str | None:
+    def get(self, key: tuple[bytes, int]) -> str | None:
         entry = self._passes.get(key)
         if entry is None or entry[0] < time.monotonic():
             return None
         return entry[1]
 
-    def put(self, key: tuple[str, int], address: str, epoch: int) -> None:
+    def put(self, key: tuple[bytes, int], address: str, epoch: int) -> None:
         """Keep a pass, unless a session was forgotten since its check began (``epoch``):
         a check that ran while its session ended must not let anyone in afterwards."""
         if epoch != self.epoch:
@@ -185,10 +191,11 @@ def forget_session(session_id: int) -> None:
     _passes.forget_session(session_id)
 
 
-async def _address(secret: str, authorization: str | None, session_id: int) -> str:
+async def _address(secret: bytes, authorization: bytes, session_id: int) -> str:
     """Where the session's app answers, if the caller may go there (see :class:`_Passes`).
 
-    ``secret`` is the log-on cookie's value ("" for none). Concurrent requests with the
+    ``secret`` is the log-on cookie's value, ``authorization`` the header's (empty for
+    none; both as the request carried them). Concurrent requests with the
     same credentials for the same session share one check: a page's many requests, or
     all of them when a pass expires under load, ask the database once, not once each.
 
@@ -209,11 +216,12 @@ async def _address(secret: str, authorization: str | None, session_id: int) -> s
     return await asyncio.shield(check)
 
 
-async def _check(key: tuple[str, int], secret: str, authorization: str | None, sid: int) -> str:
+async def _check(key: tuple[bytes, int], secret: bytes, authorization: bytes, sid: int) -> str:
     epoch = _passes.epoch
-    cookies = {SESSION_COOKIE: secret} if secret else {}
+    cookies = {SESSION_COOKIE: secret.decode("latin-1")} if secret else {}
+    header = authorization.decode("latin-1") or None
     try:
-        target = await run_blocking(_target, cookies, authorization, sid)
+        target = await run_blocking(_target, cookies, header, sid)
     except (Gone, Conflict):
         _passes.forget_session(sid)  # ended or restarting: nobody else passes either
         raise
@@ -295,6 +303,27 @@ def _without_portal_cookies(header: str) -> str:
     return "; ".join(kept)
 
 
+_SESSION_COOKIE = SESSION_COOKIE.encode()
+
+
+def _split_cookies(header: bytes) -> tuple[bytes, bytes]:
+    """(the log-on cookie's value, the header without the portal's cookies): the same
+    cookies as Starlette's parser reads (the last of one name wins), in one pass."""
+    secret = b""
+    kept = []
+    for part in header.split(b";"):
+        name, _, value = part.partition(b"=")
+        name = name.strip()
+        if name in _PORTAL_COOKIE_NAMES:
+            if name == _SESSION_COOKIE:
+                secret = value.strip()
+        elif name:
+            kept.append(part.strip())
+    if secret.startswith(b'"'):  # a quoted value: rare, so Starlette's parser unquotes it
+        secret = cookie_parser(header.decode("latin-1")).get(SESSION_COOKIE, "").encode("latin-1")
+    return secret, b"; ".join(kept)
+
+
 def _answer_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The app's answer headers that go on to the browser (names lower-case)."""
     kept = []
@@ -328,8 +357,8 @@ class _Request:
 
     def __init__(self, scope: Scope) -> None:
         self.method: str = scope["method"]
-        self.secret = ""  # the portal's log-on cookie
-        self.authorization: str | None = None
+        self.secret = b""  # the portal's log-on cookie
+        self.authorization = b""
         host = b""
         length: bytes | None = None
         chunked = False
@@ -337,19 +366,17 @@ class _Request:
         for name, value in scope["headers"]:
             if name in _DROPPED or name.startswith(_FORWARDED_PREFIX):
                 if name == b"authorization":
-                    self.authorization = value.decode("latin-1")
+                    self.authorization = value
                 elif name == b"host":
                     host = value
                 elif name == b"transfer-encoding":
                     chunked = b"chunked" in value.lower()
                 continue
             if name == b"cookie":
-                cookie = value.decode("latin-1")
-                self.secret = cookie_parser(cookie).get(SESSION_COOKIE, "") or self.secret
-                if SESSION_COOKIE in cookie or CSRF_COOKIE in cookie:
-                    value = _without_portal_cookies(cookie).encode("latin-1")
-                    if not value:
-                        continue
+                secret, value = _split_cookies(value)
+                self.secret = secret or self.secret
+                if not value:
+                    continue
             elif name == b"content-length":
                 length = value
             lines.append(b"%b: %b\r\n" % (name, value))
@@ -419,7 +446,12 @@ async def _forward(session_id: int, scope: Scope, receive: Receive, send: Send) 
         )
         length = answer.content_length
         whole = answer.complete or (length is not None and length <= WHOLE_ANSWER)
-        body = await answer.read() if whole else b""
+        if not whole:
+            body = b""
+        elif answer.complete:
+            body = answer.take()  # it came with the head: the usual case for small answers
+        else:
+            body = await answer.read()
     except UpstreamError as exc:
         if answer is not None:
             answer.release()

@@ -248,6 +248,16 @@ class Answer:
         """The whole body has arrived."""
         return self._complete
 
+    def take(self) -> bytes:
+        """The whole body of a :attr:`complete` answer."""
+        assert self._complete, "the body has not arrived yet"
+        if self._error is not None:
+            raise self._error
+        body = b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        return body
+
     async def read(self) -> bytes:
         """The whole body (for answers known to be small)."""
         while not self._complete and self._error is None:
@@ -256,10 +266,7 @@ class Answer:
             await self._more
         if self._error is not None:
             raise self._error
-        body = b"".join(self._chunks)
-        self._chunks.clear()
-        self._buffered = 0
-        return body
+        return self.take()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; raises :class:`UpstreamError` if it is cut short."""
