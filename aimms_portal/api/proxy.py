@@ -343,10 +343,14 @@ async def session_root(session_id: int) -> RedirectResponse:
 
 
 @router.api_route("/s/{session_id}/{path:path}", methods=METHODS)
-async def proxy_http(session_id: int, path: str, request: Request) -> Response:
-    """Requests of this form are served by :class:`SessionProxy` ahead of the router; the
-    route is here for the route table (metrics label the requests with its template)."""
-    raise AssertionError("served by SessionProxy")  # pragma: no cover
+async def proxy_http(session_id: int, path: str, request: Request) -> RedirectResponse:
+    """Requests under ``/s/<digits>/`` are served by :class:`SessionProxy` ahead of the
+    router (which labels them in the metrics with this route's template); an id spelled
+    otherwise that still reads as a number (``+7``) is sent to its usual spelling."""
+    target = sessions.proxy_path(session_id) + quote(path)
+    if request.url.query:
+        target += f"?{request.url.query}"
+    return RedirectResponse(target, status_code=307)
 
 
 class _Request:

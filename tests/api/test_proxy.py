@@ -18,6 +18,7 @@ import websockets
 
 from aimms_portal import config
 from aimms_portal.api import proxy
+from aimms_portal.api.app import create_api
 from aimms_portal.db import session_scope
 from aimms_portal.errors import Conflict, Gone, NotAuthenticated, NotFound, PortalError
 from aimms_portal.models import AppSession, User
@@ -524,5 +525,17 @@ def test_head_and_bodies_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
             after = await client.get("/s/7/after")  # the connection is still good
             assert after.text == "GET /s/7/after HTTP/1.1"
             assert served.connections == 1
+
+    asyncio.run(main())
+
+
+def test_an_id_spelled_otherwise_is_sent_to_its_usual_spelling() -> None:
+    async def main() -> None:
+        transport = httpx.ASGITransport(app=create_api())
+        async with httpx.AsyncClient(transport=transport, base_url="http://portal") as client:
+            odd = await client.get("/s/+7/a%20b?x=1")
+            assert odd.status_code == 307 and odd.headers["location"] == "/s/7/a%20b?x=1"
+            bare = await client.get("/s/7")
+            assert bare.status_code == 307 and bare.headers["location"] == "/s/7/"
 
     asyncio.run(main())
