@@ -8,10 +8,14 @@ streamed both ways, to the address the session's runner reported; the app serves
 pages under its base path ``/s/<id>/``.
 
 What never crosses: the portal's own cookies and the caller's ``Authorization`` header
-(so neither the log-on nor a token ever reaches the app), hop-by-hop headers, and
+(so neither the log-on nor a token ever reaches the app), hop-by-hop headers,
+``X-Forwarded-*`` headers the caller made up (the proxy sets its own), and
 ``Set-Cookie`` headers from the app for the portal's cookie names. The session's own
 token stays in the session's environment. Proxied traffic and open WebSockets count as
 activity (the idle timeout).
+
+HTTP goes to the app over pooled keep-alive connections (:mod:`aimms_portal.api.upstream`),
+and :class:`SessionProxy` serves it ahead of every other layer of the portal.
 
 A session that has ended answers with a page that says why and offers to launch the
 app again (410); one still starting with a page that reloads itself (503).
@@ -466,6 +470,10 @@ async def _forward(session_id: int, scope: Scope, receive: Receive, send: Send) 
         response.status_code = 502
         await response(scope, receive, send)
         return 502
+    except ClientDisconnect:
+        if answer is not None:
+            answer.release()
+        return 499  # the caller went away while sending the body: nobody to answer
     except BaseException:
         if answer is not None:
             answer.release()

@@ -59,9 +59,11 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, pool: _AddressPool) -> None:
         self.pool = pool
+        self.loop = pool.upstream.loop
         self.transport: asyncio.Transport | None = None
         self.answer: Answer | None = None
         self.closed = False
+        self.counted = False  # in the pool's count (a connection given out once)
         self.idle_since = 0.0
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
@@ -112,7 +114,7 @@ class _Connection(asyncio.Protocol):
             raise UpstreamError("the connection to the app was closed")
         if not self._write_paused:
             return
-        self._drained = asyncio.get_running_loop().create_future()
+        self._drained = self.loop.create_future()
         await self._drained
 
     def close(self) -> None:
@@ -146,7 +148,7 @@ class Answer:
         self._head_only = head_only  # an answer to HEAD: no body whatever it announces
         self._parser = httptools.HttpResponseParser(self)
         self._until_close = False
-        self._head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._head: asyncio.Future[None] = connection.loop.create_future()
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._more: asyncio.Future[None] | None = None
@@ -262,7 +264,7 @@ class Answer:
         """The whole body (for answers known to be small)."""
         while not self._complete and self._error is None:
             self._resume_reading()  # the caller takes it all: no reason to hold back
-            self._more = asyncio.get_running_loop().create_future()
+            self._more = self._connection.loop.create_future()
             await self._more
         if self._error is not None:
             raise self._error
@@ -282,7 +284,7 @@ class Answer:
                 raise self._error
             if self._complete:
                 return
-            self._more = asyncio.get_running_loop().create_future()
+            self._more = self._connection.loop.create_future()
             await self._more
 
     def _resume_reading(self) -> None:
@@ -347,11 +349,13 @@ class _AddressPool:
                     self.waiters.remove(waiter)
         self.count += 1
         try:
-            return await self._connect(), False
+            connection = await self._connect()
         except BaseException:
             self.count -= 1
             self._wake_one()
             raise
+        connection.counted = True
+        return connection, False
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -379,7 +383,9 @@ class _AddressPool:
         """``connection`` is closed (called once per connection, by asyncio)."""
         if connection in self.idle:
             self.idle.remove(connection)
-        self.count -= 1
+        if connection.counted:  # else its connect failed, and acquire() uncounted it
+            connection.counted = False
+            self.count -= 1
         self._wake_one()
 
     def _wake_one(self) -> None:

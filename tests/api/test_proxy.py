@@ -539,3 +539,52 @@ def test_an_id_spelled_otherwise_is_sent_to_its_usual_spelling() -> None:
             assert bare.status_code == 307 and bare.headers["location"] == "/s/7/"
 
     asyncio.run(main())
+
+
+def test_a_caller_that_goes_away_while_sending_gets_nothing_and_breaks_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bodies: list[bytes] = []
+
+    async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert b"content-length: 10" in head
+        bodies.append(await reader.read())  # until the proxy gives up on the connection
+
+    async def main() -> None:
+        async with _proxied(monkeypatch, app) as (client, _, served):
+            messages = iter(
+                [
+                    {"type": "http.request", "body": b"12345", "more_body": True},
+                    {"type": "http.disconnect"},
+                ]
+            )
+
+            async def receive() -> dict:
+                return next(messages)
+
+            sent: list[dict] = []
+
+            async def send(message: dict) -> None:
+                sent.append(message)
+
+            scope = {
+                "type": "http",
+                "method": "POST",
+                "path": "/s/7/upload",
+                "raw_path": b"/s/7/upload",
+                "query_string": b"",
+                "headers": [(b"content-length", b"10"), (b"cookie", b"aimms_portal_session=S")],
+                "client": ("127.0.0.1", 1),
+                "scheme": "http",
+            }
+            await proxy.SessionProxy(None)(scope, receive, send)  # type: ignore[arg-type]
+            assert sent == []
+            for _ in range(100):
+                if bodies:
+                    break
+                await asyncio.sleep(0.05)
+            assert bodies == [b"12345"]  # and the connection was closed, not kept
+            assert served.connections == 1
+
+    asyncio.run(main())
