@@ -52,6 +52,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -274,7 +278,7 @@ class ProxyRuns:
         return ", ".join(f"{d:,.0f} / {p:,.0f}" for d, p in pairs)
 
 
-def measure_proxy(client, url: str, app: str, server: int, rounds: int) -> ProxyRuns:  # type: ignore[no-untyped-def]
+def measure_proxy(client: httpx.Client, url: str, app: str, server: int, rounds: int) -> ProxyRuns:
     """``rounds`` rounds of a run straight to ``app``, then one through the proxy (turn
     about, so that a change in the machine's load meets both alike)."""
     from aimms_portal.db import session_scope
@@ -335,7 +339,7 @@ def portal(env: dict[str, str], folder: Path) -> Iterator[tuple[str, int]]:
     with open(log, "wb") as out:
         # what `aimms-portal run` execs, from the scratch folder
         process = subprocess.Popen(
-            [bin_dir / "reflex", "run", "--env", "prod", "--single-port"]
+            [str(bin_dir / "reflex"), "run", "--env", "prod", "--single-port"]
             + ["--frontend-port", port, "--backend-port", port],
             cwd=project,
             env=env,
