@@ -514,6 +514,10 @@ class SessionProxy:
 
     It counts and times the requests it serves itself, in the API's metrics, labelled
     with the proxy's route template (``/s/{session_id}/{path:path}``).
+
+    Known limit: one portal process forwards about 8,000 requests/s on 2 CPUs
+    (``bench/webui_latency.py``), so an app that answers in tens of microseconds is slowed
+    down several times; the README's limits say so too.
     """
 
     def __init__(self, app: ASGIApp) -> None:
