@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import reflex as rx
+from starlette.types import ASGIApp
 
 from aimms_portal.api import proxy
 from aimms_portal.api.app import create_api
@@ -97,7 +98,18 @@ async def close_proxy_connections() -> None:
         await proxy.close_clients()
 
 
-app = rx.App(api_transformer=create_api())
+class PortalApp(rx.App):
+    """Reflex's app with the session proxy in front of all of Reflex's own layers.
+
+    A WebUI session's every request passes the proxy (``/s/<id>/...``); Reflex's
+    context, CORS and mount layers would only add to each one's cost.
+    """
+
+    def __call__(self) -> ASGIApp:
+        return proxy.SessionProxy(super().__call__())
+
+
+app = PortalApp(api_transformer=create_api())
 app.register_lifespan_task(enforce_retention)
 app.register_lifespan_task(run_scheduler)
 app.register_lifespan_task(close_proxy_connections)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uvicorn
 
+from aimms_portal.api import proxy
 from aimms_portal.api.app import create_api
 from aimms_portal.config import get_settings
 from aimms_portal.launchers import get_launcher
@@ -26,7 +27,7 @@ def main() -> None:
     scheduler.start()
     try:
         uvicorn.run(
-            create_api(),
+            proxy.SessionProxy(create_api()),  # the proxy ahead of FastAPI's own layers
             host="127.0.0.1",
             port=settings.port,
             log_level="warning",

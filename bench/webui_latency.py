@@ -12,19 +12,25 @@ straight to the app, in the same run.
 Set-up: a throwaway PostgreSQL database and a temporary folder; a signed runtime without
 wheels and an app whose WebUI is a small HTTP/1.1 server of the standard library
 (``ThreadingHTTPServer``) answering ``GET <base>ping`` with a short JSON body. The portal
-is the backend process (``python -m aimms_portal.backend``: REST API, proxy, scheduler;
-local launcher, one worker). The client logs on like a browser (the log-on cookie).
+is served as a default portal serves it (``--server portal``): what ``aimms-portal run``
+starts, Reflex's production build on one port, Granian with one worker process (Reflex
+starts more only with Redis), in a scratch project folder like the UI tests'; local
+launcher. ``--server backend`` measures the backend process instead
+(``python -m aimms_portal.backend``: REST API, proxy and scheduler on uvicorn, one
+process). The client logs on like a browser (the log-on cookie).
 
 - **launch**: ``POST /api/v1/sessions``, then ``GET /s/<id>/`` every 20 ms until the
   app's page comes back (the proxy answers 503 while the session starts); each launch
   starts a new session (the previous one is ended first; the runtime comes from the
   cache after the first).
 - **proxy**: one session; ``wrk`` with 32 connections on 2 threads for 10 s against the
-  app straight (its own port on 127.0.0.1) and through the proxy (with the cookie), one
-  after the other, twice each, best of two. Measured twice: with that threaded server
-  (the kind the demo app runs) and with a second app whose WebUI is an ``asyncio``
-  server of the standard library, several times faster, which shows the proxy's own
-  ceiling rather than the app's.
+  app straight (its own port on 127.0.0.1), then through the proxy (with the cookie),
+  turn about, ``--rounds`` times (3); the best run of each way counts, and every run is
+  listed. Measured twice: with that threaded server (the kind the demo app runs) and
+  with a second app whose WebUI is an ``asyncio`` server of the standard library,
+  several times faster, which shows the proxy's own ceiling rather than the app's. Also
+  the CPU time the portal's processes (the server's process group, not the sessions)
+  spent per request in the best run through the proxy.
 """
 
 from __future__ import annotations
@@ -36,12 +42,20 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -199,24 +213,74 @@ def measure_launch(client, runs: int) -> list[float]:  # type: ignore[no-untyped
     return took
 
 
-def wrk(url: str, headers: dict[str, str]) -> float:
-    """Requests per second ``wrk`` gets from ``url`` (best of two 10 s runs)."""
-    best = 0.0
-    for _ in range(2):
-        argv = ["wrk", "-t2", "-c32", "-d10s", "--timeout", "10s"]
-        for name, value in headers.items():
-            argv += ["-H", f"{name}: {value}"]
-        done = subprocess.run([*argv, url], capture_output=True, text=True, check=True)
-        if "Non-2xx" in done.stdout or "Socket errors" in done.stdout:
-            raise RuntimeError(f"wrk saw errors:\n{done.stdout}")
-        match = re.search(r"Requests/sec:\s+([\d.]+)", done.stdout)
-        assert match, done.stdout
-        best = max(best, float(match.group(1)))
-    return best
+def _cpu_seconds(server: int) -> float:
+    """CPU time (user + system) of the server process ``server`` and its children in its
+    process group (Granian's workers; not the sessions, which run in groups of their own).
+    """
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(server)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            if process.pid == server or os.getpgid(process.pid) == os.getpgid(server):
+                times = process.cpu_times()
+                total += times.user + times.system
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return total
 
 
-def measure_proxy(client, url: str, app: str) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """(requests/s straight to ``app``, requests/s through the proxy)."""
+def wrk(url: str, headers: dict[str, str], server: int | None = None) -> tuple[float, float]:
+    """(requests per second, CPU µs of the ``server`` process per request) that one 10 s
+    run of ``wrk`` gets from ``url``."""
+    argv = ["wrk", "-t2", "-c32", "-d10s", "--timeout", "10s"]
+    for name, value in headers.items():
+        argv += ["-H", f"{name}: {value}"]
+    cpu = _cpu_seconds(server) if server else 0.0
+    done = subprocess.run([*argv, url], capture_output=True, text=True, check=True)
+    cpu = _cpu_seconds(server) - cpu if server else 0.0
+    if "Non-2xx" in done.stdout or "Socket errors" in done.stdout:
+        raise RuntimeError(f"wrk saw errors:\n{done.stdout}")
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", done.stdout)
+    count = re.search(r"(\d+) requests in", done.stdout)
+    assert rate and count, done.stdout
+    return float(rate.group(1)), cpu * 1e6 / max(1, int(count.group(1)))
+
+
+@dataclass
+class ProxyRuns:
+    """The ``wrk`` runs against one app: straight and through the proxy, alternately."""
+
+    direct: list[float] = field(default_factory=list)  # requests/s
+    proxied: list[float] = field(default_factory=list)  # requests/s
+    cpu: list[float] = field(default_factory=list)  # portal CPU µs per proxied request
+
+    @property
+    def best_direct(self) -> float:
+        return max(self.direct)
+
+    @property
+    def best_proxied(self) -> float:
+        return max(self.proxied)
+
+    @property
+    def share(self) -> float:
+        """The best run through the proxy against the best run straight."""
+        return self.best_proxied / self.best_direct
+
+    @property
+    def cpu_of_best(self) -> float:
+        return self.cpu[self.proxied.index(self.best_proxied)]
+
+    def runs(self) -> str:
+        pairs = zip(self.direct, self.proxied, strict=True)
+        return ", ".join(f"{d:,.0f} / {p:,.0f}" for d, p in pairs)
+
+
+def measure_proxy(client: httpx.Client, url: str, app: str, server: int, rounds: int) -> ProxyRuns:
+    """``rounds`` rounds of a run straight to ``app``, then one through the proxy (turn
+    about, so that a change in the machine's load meets both alike)."""
     from aimms_portal.db import session_scope
     from aimms_portal.models import AppSession
 
@@ -229,48 +293,171 @@ def measure_proxy(client, url: str, app: str) -> tuple[float, float]:  # type: i
         address = row.address
     path = f"{session['url']}ping"
     cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
-    direct = wrk(f"http://{address}{path}", {})
-    proxied = wrk(f"{url}{path}", {"Cookie": cookie})
+    runs = ProxyRuns()
+    for _ in range(rounds):
+        runs.direct.append(wrk(f"http://{address}{path}", {})[0])
+        proxied, cpu = wrk(f"{url}{path}", {"Cookie": cookie}, server)
+        runs.proxied.append(proxied)
+        runs.cpu.append(cpu)
     client.delete(f"/api/v1/sessions/{session['id']}")
-    return direct, proxied
+    return runs
+
+
+@contextmanager
+def portal(env: dict[str, str], folder: Path) -> Iterator[tuple[str, int]]:
+    """The portal as ``aimms-portal run`` serves it (Reflex's production build on one port:
+    Granian, one worker), in a scratch project folder that links to the package (as the
+    UI tests do: the build never touches the checkout's ``.web``). Yields its URL and
+    process id; stopped (and its sessions) on the way out."""
+    project = folder / "project"
+    project.mkdir()
+    for name in ("aimms_portal", "assets", "alembic", "alembic.ini"):
+        (project / name).symlink_to(REPO_ROOT / name)
+    shutil.copy(REPO_ROOT / "rxconfig.py", project / "rxconfig.py")
+    shutil.copytree(REPO_ROOT / "reflex.lock", project / "reflex.lock")
+    port = env["AIMMS_PORTAL_PORT"]
+    url = f"http://127.0.0.1:{port}"
+    env = env | {
+        "AIMMS_PORTAL_PUBLIC_URL": url,
+        "AIMMS_PORTAL_RUNNER_PORTAL_URL": url,
+        "REFLEX_TELEMETRY_ENABLED": "false",
+        "REFLEX_CHECK_LATEST_VERSION": "false",
+    }
+    tools = REPO_ROOT / ".tools" / "node_modules" / ".bin"
+    if tools.is_dir():
+        env["PATH"] = f"{tools}{os.pathsep}{env['PATH']}"
+        env["REFLEX_USE_SYSTEM_BUN"] = "1"
+    bin_dir = Path(sys.executable).parent
+    subprocess.run(
+        [bin_dir / "aimms-portal", "run", "--prepare-only"],
+        env=env,
+        cwd=project,
+        check=True,
+        capture_output=True,
+    )
+    log = folder / "portal.log"
+    with open(log, "wb") as out:
+        # what `aimms-portal run` execs, from the scratch folder
+        process = subprocess.Popen(
+            [str(bin_dir / "reflex"), "run", "--env", "prod", "--single-port"]
+            + ["--frontend-port", port, "--backend-port", port],
+            cwd=project,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the portal did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url, process.pid
+    finally:
+        _stop_sessions(Path(env["AIMMS_PORTAL_SESSIONS_DIR"]))
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        _stop_sessions(Path(env["AIMMS_PORTAL_SESSIONS_DIR"]))
+
+
+@contextmanager
+def backend_process(env: dict[str, str], folder: Path) -> Iterator[tuple[str, int]]:
+    """The backend process (``python -m aimms_portal.backend``); yields its URL and
+    process id."""
+    with backend(env, folder / "backend.log") as url:
+        import psutil
+
+        server = next(
+            p for p in psutil.Process().children() if "aimms_portal.backend" in p.cmdline()
+        )
+        yield url, server.pid
+
+
+def _stop_sessions(sessions_dir: Path) -> None:
+    from aimms_portal.launchers.local import LocalLauncher
+
+    launcher = LocalLauncher(sessions_dir)
+    for handle in launcher.list_sessions().values():
+        launcher.stop(handle, grace_seconds=1)
+
+
+SERVERS = {
+    "portal": "the portal as `aimms-portal run` serves it: Reflex's production build on one "
+    "port, Granian with one worker process",
+    "backend": "the backend process (`python -m aimms_portal.backend`): uvicorn, one process",
+}
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = [f"Python {platform.python_version()}"]
+    for package in ("reflex", "granian", "uvicorn", "uvloop", "httptools"):
+        try:
+            parts.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            parts.append(f"no {package}")
+    return ", ".join(parts)
 
 
 def report(
     args: argparse.Namespace,
     launch: list[float],
-    threaded: tuple[float, float],
-    fast: tuple[float, float],
+    threaded: ProxyRuns,
+    fast: ProxyRuns,
 ) -> str:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     ordered = sorted(launch)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     p50 = statistics.median(launch)
-    share = threaded[1] / threaded[0]
-    fast_share = fast[1] / fast[0]
+    share = threaded.share
+    fast_share = fast.share
     return "\n".join(
         [
             DOCS_BEGIN,
-            f"Run of {now} on {machine()} (load average {load} before the run); "
-            f"Python {platform.python_version()}.",
+            f"Run of {now} on {machine()} (load average {load} before the run); {_versions()}.",
             "",
             "```",
             ".venv/bin/python bench/webui_latency.py"
+            + (f" --server {args.server}" if args.server != "portal" else "")
             + (f" --runs {args.runs}" if args.runs != 20 else "")
+            + (f" --rounds {args.rounds}" if args.rounds != 3 else "")
             + (f" --docs {args.docs}" if args.docs else ""),
             "```",
+            "",
+            f"Server: {SERVERS[args.server]}.",
             "",
             "| measure | result | target |",
             "|---|---:|---:|",
             f"| launch → WebUI answering, p50 ({len(launch)} launches) | {p50 * 1000:,.0f} ms "
             "| 1,500 ms |",
             f"| launch → WebUI answering, p95 | {p95 * 1000:,.0f} ms | – |",
-            f"| threaded app: requests/s straight | {threaded[0]:,.0f} | – |",
-            f"| threaded app: requests/s through the proxy | {threaded[1]:,.0f} | – |",
+            f"| threaded app: requests/s straight | {threaded.best_direct:,.0f} | – |",
+            f"| threaded app: requests/s through the proxy | {threaded.best_proxied:,.0f} | – |",
             f"| threaded app: proxy share of direct | {share:.0%} | 60% |",
-            f"| asyncio app: requests/s straight | {fast[0]:,.0f} | – |",
-            f"| asyncio app: requests/s through the proxy | {fast[1]:,.0f} | – |",
+            f"| threaded app: portal CPU per proxied request | {threaded.cpu_of_best:,.0f} µs "
+            "| – |",
+            f"| asyncio app: requests/s straight | {fast.best_direct:,.0f} | – |",
+            f"| asyncio app: requests/s through the proxy | {fast.best_proxied:,.0f} | – |",
             f"| asyncio app: proxy share of direct | {fast_share:.0%} | 60% |",
+            f"| asyncio app: portal CPU per proxied request | {fast.cpu_of_best:,.0f} µs | – |",
+            "",
+            f"All runs, requests/s straight / through the proxy, in the order run: threaded "
+            f"app {threaded.runs()}; asyncio app {fast.runs()}. The table shows the best of "
+            "each.",
             "",
             f"Launch: {'meets' if p50 <= 1.5 else 'misses'} the target; proxy, threaded app: "
             f"{'meets' if share >= 0.6 else 'misses'} the target; proxy, asyncio app: "
@@ -295,6 +482,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--docs", type=Path)
+    parser.add_argument("--server", choices=sorted(SERVERS), default="portal")
+    parser.add_argument("--rounds", type=int, default=3, help="wrk runs per app and way")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is needed: apt-get install -y wrk", file=sys.stderr)
@@ -316,11 +505,12 @@ def main() -> int:
         }
         os.environ.update({k: env[k] for k in env if k.startswith("AIMMS_PORTAL_")})
         seed(folder)
-        with backend(env, folder / "backend.log") as api:
+        serve = portal if args.server == "portal" else backend_process
+        with serve(env, folder) as (api, server):
             client = browser(api)
             launch = measure_launch(client, args.runs)
-            threaded = measure_proxy(client, api, APP)
-            fast = measure_proxy(client, api, FAST_APP)
+            threaded = measure_proxy(client, api, APP, server, args.rounds)
+            fast = measure_proxy(client, api, FAST_APP, server, args.rounds)
     block = report(args, launch, threaded, fast)
     print(block)
     if args.docs:

@@ -265,6 +265,7 @@ def create_api() -> FastAPI:
     api.add_exception_handler(HTTPException, _http_error)
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(Exception, _unexpected_error)
+    api.add_middleware(MetricsMiddleware)
+    # the outermost: the proxy's requests pass no other layer (it counts them itself)
     api.add_middleware(proxy.SessionProxy)
-    api.add_middleware(MetricsMiddleware)  # the outermost: it counts the proxy's requests too
     return api

@@ -8,10 +8,14 @@ streamed both ways, to the address the session's runner reported; the app serves
 pages under its base path ``/s/<id>/``.
 
 What never crosses: the portal's own cookies and the caller's ``Authorization`` header
-(so neither the log-on nor a token ever reaches the app), hop-by-hop headers, and
+(so neither the log-on nor a token ever reaches the app), hop-by-hop headers,
+``X-Forwarded-*`` headers the caller made up (the proxy sets its own), and
 ``Set-Cookie`` headers from the app for the portal's cookie names. The session's own
 token stays in the session's environment. Proxied traffic and open WebSockets count as
 activity (the idle timeout).
+
+HTTP goes to the app over pooled keep-alive connections (:mod:`aimms_portal.api.upstream`),
+and :class:`SessionProxy` serves it ahead of every other layer of the portal.
 
 A session that has ended answers with a page that says why and offers to launch the
 app again (410); one still starting with a page that reloads itself (503).
@@ -27,20 +31,21 @@ import html
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import websockets
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.background import BackgroundTask
+from starlette.requests import ClientDisconnect, cookie_parser
 from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aimms_portal.aio import run_blocking
 from aimms_portal.api.deps import CSRF_COOKIE, SESSION_COOKIE
+from aimms_portal.api.upstream import Answer, Upstream, UpstreamError
 from aimms_portal.auth.tokens import API_TOKEN_PREFIX
 from aimms_portal.db import session_scope
 from aimms_portal.errors import Conflict, Gone, NotAuthenticated, NotFound, PortalError
@@ -70,35 +75,43 @@ METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 #: How often an open WebSocket counts as activity, in seconds.
 WEBSOCKET_ACTIVITY = 30.0
 
-_clients: dict[int, aiohttp.ClientSession] = {}
+
+class _LoopState:
+    """What the proxy keeps per event loop (a portal process may run several loops)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.upstream = Upstream()
+        #: pass checks under way, so that concurrent requests wait for one check
+        self.checks: dict[tuple[bytes, int], asyncio.Future[str]] = {}
 
 
-def _client() -> aiohttp.ClientSession:
-    """One pooled client per event loop (a portal process may run several loops).
+_states: dict[int, _LoopState] = {}
+_last: _LoopState | None = None  # the one asked for last: almost always the one wanted
 
-    aiohttp rather than httpx here: the proxy forwards every request of every page, and
-    httpx's connection pool checks all its idle connections on each request, which made
-    it the proxy's largest cost (measured with py-spy under ``bench/webui_latency.py``).
-    """
-    loop = id(asyncio.get_running_loop())
-    client = _clients.get(loop)
-    if client is None or client.closed:
-        client = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=200, limit_per_host=100, keepalive_timeout=30),
-            timeout=aiohttp.ClientTimeout(total=None, connect=5.0, sock_connect=5.0),
-            auto_decompress=False,  # bytes pass through as the app sent them
-            trust_env=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-        )
-        _clients[loop] = client
-    return client
+
+def _state() -> _LoopState:
+    global _last
+    loop = asyncio.get_running_loop()
+    state = _last
+    if state is not None and state.loop is loop and not state.upstream.closed:
+        return state
+    state = _states.get(id(loop))
+    if state is None or state.loop is not loop or state.upstream.closed:
+        state = _states[id(loop)] = _LoopState()
+    _last = state
+    return state
 
 
 async def close_clients() -> None:
     """Close this process's pooled connections to apps (at shutdown)."""
-    for client in list(_clients.values()):
-        await client.close()
-    _clients.clear()
+    for state in list(_states.values()):
+        if state.loop is asyncio.get_running_loop():
+            state.upstream.close()
+        else:
+            with contextlib.suppress(RuntimeError):  # that loop is closed already
+                state.loop.call_soon_threadsafe(state.upstream.close)
+    _states.clear()
 
 
 # -- who may pass -------------------------------------------------------------------------
@@ -138,29 +151,36 @@ class _Passes:
     """
 
     def __init__(self, limit: int = 10_000) -> None:
-        self._passes: collections.OrderedDict[tuple[str, int], tuple[float, str]] = (
+        self._passes: collections.OrderedDict[tuple[bytes, int], tuple[float, str]] = (
             collections.OrderedDict()
         )
         self._limit = limit
+        #: raised whenever a session is forgotten (see :meth:`put`)
+        self.epoch = 0
 
     @staticmethod
-    def key(cookies: dict[str, str], authorization: str | None, session_id: int) -> tuple[str, int]:
-        credential = (authorization or "") + "|" + cookies.get(SESSION_COOKIE, "")
-        return hashlib.sha256(credential.encode()).hexdigest(), session_id
+    def key(secret: bytes, authorization: bytes, session_id: int) -> tuple[bytes, int]:
+        """The key of a pass: the credentials presented (hashed) and the session."""
+        return hashlib.sha256(b"%b|%b" % (authorization, secret)).digest(), session_id
 
-    def get(self, key: tuple[str, int]) -> str | None:
+    def get(self, key: tuple[bytes, int]) -> str | None:
         entry = self._passes.get(key)
         if entry is None or entry[0] < time.monotonic():
             return None
         return entry[1]
 
-    def put(self, key: tuple[str, int], address: str) -> None:
+    def put(self, key: tuple[bytes, int], address: str, epoch: int) -> None:
+        """Keep a pass, unless a session was forgotten since its check began (``epoch``):
+        a check that ran while its session ended must not let anyone in afterwards."""
+        if epoch != self.epoch:
+            return
         self._passes[key] = (time.monotonic() + PASS_SECONDS, address)
         self._passes.move_to_end(key)
         while len(self._passes) > self._limit:
             self._passes.popitem(last=False)
 
     def forget_session(self, session_id: int) -> None:
+        self.epoch += 1
         for key in [k for k in self._passes if k[1] == session_id]:
             self._passes.pop(key, None)
 
@@ -175,22 +195,42 @@ def forget_session(session_id: int) -> None:
     _passes.forget_session(session_id)
 
 
-async def _address(cookies: dict[str, str], authorization: str | None, session_id: int) -> str:
+async def _address(secret: bytes, authorization: bytes, session_id: int) -> str:
     """Where the session's app answers, if the caller may go there (see :class:`_Passes`).
+
+    ``secret`` is the log-on cookie's value, ``authorization`` the header's (empty for
+    none; both as the request carried them). Concurrent requests with the
+    same credentials for the same session share one check: a page's many requests, or
+    all of them when a pass expires under load, ask the database once, not once each.
 
     Raises:
         PortalError: the caller may not, or the session is not ready.
     """
-    key = _Passes.key(cookies, authorization, session_id)
+    key = _Passes.key(secret, authorization, session_id)
     address = _passes.get(key)
-    if address is None:
-        try:
-            target = await run_blocking(_target, cookies, authorization, session_id)
-        except PortalError:
-            _passes.forget_session(session_id)
-            raise
-        address = target.address
-        _passes.put(key, address)
+    if address is not None:
+        return address
+    checks = _state().checks
+    check = checks.get(key)
+    if check is None:
+        check = asyncio.ensure_future(_check(key, secret, authorization, session_id))
+        checks[key] = check
+        check.add_done_callback(lambda _: checks.pop(key, None))
+    # shielded: one caller going away does not cancel the check the others wait for
+    return await asyncio.shield(check)
+
+
+async def _check(key: tuple[bytes, int], secret: bytes, authorization: bytes, sid: int) -> str:
+    epoch = _passes.epoch
+    cookies = {SESSION_COOKIE: secret.decode("latin-1")} if secret else {}
+    header = authorization.decode("latin-1") or None
+    try:
+        target = await run_blocking(_target, cookies, header, sid)
+    except (Gone, Conflict):
+        _passes.forget_session(sid)  # ended or restarting: nobody else passes either
+        raise
+    address = target.address or ""
+    _passes.put(key, address, epoch)
     return address
 
 
@@ -250,23 +290,12 @@ async def _refusal(request: Request, session_id: int, exc: PortalError) -> Respo
 
 # -- HTTP ----------------------------------------------------------------------------------
 
-
-def _forward_headers(headers: Any, client_host: str, scheme: str) -> dict[str, str]:
-    forwarded: dict[str, str] = {}
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower in HOP_BY_HOP or lower == "authorization" or lower.startswith("x-forwarded-"):
-            continue
-        if lower == "cookie":
-            value = _without_portal_cookies(value)
-            if not value:
-                continue
-        forwarded[name] = value
-    forwarded["X-Forwarded-For"] = client_host
-    forwarded["X-Forwarded-Proto"] = scheme
-    if "host" in headers:
-        forwarded["X-Forwarded-Host"] = headers["host"]
-    return forwarded
+#: Request headers never forwarded (besides the hop-by-hop ones): the caller's credential
+#: and forwarding headers the caller may have made up (the proxy sets its own).
+_DROPPED = frozenset(name.encode() for name in HOP_BY_HOP | {"authorization"})
+_FORWARDED_PREFIX = b"x-forwarded-"
+_ANSWER_DROPPED = frozenset(name.encode() for name in HOP_BY_HOP)
+_PORTAL_COOKIE_NAMES = frozenset(name.encode() for name in PORTAL_COOKIES)
 
 
 def _without_portal_cookies(header: str) -> str:
@@ -278,13 +307,34 @@ def _without_portal_cookies(header: str) -> str:
     return "; ".join(kept)
 
 
-def _answer_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+_SESSION_COOKIE = SESSION_COOKIE.encode()
+
+
+def _split_cookies(header: bytes) -> tuple[bytes, bytes]:
+    """(the log-on cookie's value, the header without the portal's cookies): the same
+    cookies as Starlette's parser reads (the last of one name wins), in one pass."""
+    secret = b""
+    kept = []
+    for part in header.split(b";"):
+        name, _, value = part.partition(b"=")
+        name = name.strip()
+        if name in _PORTAL_COOKIE_NAMES:
+            if name == _SESSION_COOKIE:
+                secret = value.strip()
+        elif name:
+            kept.append(part.strip())
+    if secret.startswith(b'"'):  # a quoted value: rare, so Starlette's parser unquotes it
+        secret = cookie_parser(header.decode("latin-1")).get(SESSION_COOKIE, "").encode("latin-1")
+    return secret, b"; ".join(kept)
+
+
+def _answer_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The app's answer headers that go on to the browser (names lower-case)."""
     kept = []
     for name, value in headers:
-        lower = name.lower()
-        if lower in HOP_BY_HOP:
+        if name in _ANSWER_DROPPED:
             continue
-        if lower == "set-cookie" and value.split("=", 1)[0].strip() in PORTAL_COOKIES:
+        if name == b"set-cookie" and value.split(b"=", 1)[0].strip() in _PORTAL_COOKIE_NAMES:
             continue  # an app may not set (or clear) the portal's log-on
         kept.append((name, value))
     return kept
@@ -297,57 +347,153 @@ async def session_root(session_id: int) -> RedirectResponse:
 
 
 @router.api_route("/s/{session_id}/{path:path}", methods=METHODS)
-async def proxy_http(session_id: int, path: str, request: Request) -> Response:
-    """Forward one HTTP request to the session's app (streamed both ways).
-
-    Requests of this form are served by :class:`SessionProxy` ahead of the router; the
-    route is here for the route table (metrics label the requests with its template).
-    """
-    return await _forward(session_id, request)
-
-
-async def _forward(session_id: int, request: Request) -> Response:
-    try:
-        address = await _address(
-            dict(request.cookies), request.headers.get("authorization"), session_id
-        )
-    except PortalError as exc:
-        return await _refusal(request, session_id, exc)
-    url = f"http://{address}{request.url.path}"
+async def proxy_http(session_id: int, path: str, request: Request) -> RedirectResponse:
+    """Requests under ``/s/<digits>/`` are served by :class:`SessionProxy` ahead of the
+    router (which labels them in the metrics with this route's template); an id spelled
+    otherwise that still reads as a number (``+7``) is sent to its usual spelling."""
+    target = sessions.proxy_path(session_id) + quote(path)
     if request.url.query:
-        url += f"?{request.url.query}"
-    headers = _forward_headers(
-        request.headers, request.client.host if request.client else "", request.url.scheme
-    )
-    body = None if request.method in ("GET", "HEAD") else request.stream()
+        target += f"?{request.url.query}"
+    return RedirectResponse(target, status_code=307)
+
+
+class _Request:
+    """What the proxy reads from a request's scope, in one pass over its headers: the
+    credentials for the pass check, and the head that goes to the app (:meth:`head`)."""
+
+    __slots__ = ("authorization", "body", "chunked", "lines", "method", "secret", "target")
+
+    def __init__(self, scope: Scope) -> None:
+        self.method: str = scope["method"]
+        self.secret = b""  # the portal's log-on cookie
+        self.authorization = b""
+        host = b""
+        length: bytes | None = None
+        chunked = False
+        lines = [b""]  # the request line goes first
+        for name, value in scope["headers"]:
+            if name in _DROPPED or name.startswith(_FORWARDED_PREFIX):
+                if name == b"authorization":
+                    self.authorization = value
+                elif name == b"host":
+                    host = value
+                elif name == b"transfer-encoding":
+                    chunked = b"chunked" in value.lower()
+                continue
+            if name == b"cookie":
+                secret, value = _split_cookies(value)
+                self.secret = secret or self.secret
+                if not value:
+                    continue
+            elif name == b"content-length":
+                length = value
+            lines.append(b"%b: %b\r\n" % (name, value))
+
+        # HTTP/1.1 says what has a body: a length or chunks; HTTP/2 need not say
+        if length is None and not chunked and scope.get("http_version") == "2":
+            chunked = self.method not in ("GET", "HEAD")
+        self.chunked = chunked
+        self.body = chunked or (length is not None and length.strip() != b"0")
+        if chunked:
+            lines.append(b"transfer-encoding: chunked\r\n")
+
+        target = scope.get("raw_path") or quote(scope["path"]).encode()
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        self.target = target
+        client = scope.get("client")
+        lines.append(b"x-forwarded-for: %b\r\n" % (client[0] if client else "").encode())
+        lines.append(b"x-forwarded-proto: %b\r\n" % scope.get("scheme", "http").encode())
+        if host:
+            lines.append(b"x-forwarded-host: %b\r\n" % host)
+        lines.append(b"\r\n")
+        self.lines = lines
+
+    def head(self, address: str) -> bytes:
+        """The request's head for the app at ``address``."""
+        self.lines[0] = b"%b %b HTTP/1.1\r\nhost: %b\r\n" % (
+            self.method.encode(),
+            self.target,
+            address.encode(),
+        )
+        return b"".join(self.lines)
+
+
+async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
+
+
+async def _forward(session_id: int, scope: Scope, receive: Receive, send: Send) -> int:
+    """Forward one HTTP request to the session's app; returns the status sent.
+
+    Answers of known length up to :data:`WHOLE_ANSWER` bytes are read whole and sent in
+    one piece; longer ones, and those of unknown length, are streamed as they come.
+    """
+    request = _Request(scope)
     try:
-        answer = await _client().request(
-            request.method, url, headers=headers, data=body, allow_redirects=False
+        address = await _address(request.secret, request.authorization, session_id)
+    except PortalError as exc:
+        response = await _refusal(Request(scope, receive), session_id, exc)
+        await response(scope, receive, send)
+        return response.status_code
+
+    answer: Answer | None = None
+    try:
+        answer = await _state().upstream.request(
+            address,
+            request.head(address),
+            _request_body(receive) if request.body else None,
+            chunked=request.chunked,
+            head_only=request.method == "HEAD",
         )
-        # a small answer of known length goes out in one piece: no streaming task
-        whole = answer.content_length is not None and answer.content_length <= WHOLE_ANSWER
-        content = await answer.read() if whole else b""
-    except (aiohttp.ClientError, OSError) as exc:
+        length = answer.content_length
+        whole = answer.complete or (length is not None and length <= WHOLE_ANSWER)
+        if not whole:
+            body = b""
+        elif answer.complete:
+            body = answer.take()  # it came with the head: the usual case for small answers
+        else:
+            body = await answer.read()
+    except UpstreamError as exc:
+        if answer is not None:
+            answer.release()
         _passes.forget_session(session_id)
-        logger.info("session %s does not answer: %s", session_id, type(exc).__name__)
+        logger.info("session %s does not answer: %s", session_id, exc)
         problem = Conflict("The app of this session does not answer right now.", code="app_down")
-        response = await _refusal(request, session_id, problem)
+        response = await _refusal(Request(scope, receive), session_id, problem)
         response.status_code = 502
-        return response
+        await response(scope, receive, send)
+        return 502
+    except ClientDisconnect:
+        if answer is not None:
+            answer.release()
+        return 499  # the caller went away while sending the body: nobody to answer
+    except BaseException:
+        if answer is not None:
+            answer.release()
+        raise
+
+    headers = _answer_headers(answer.headers)
     if whole:
-        response = Response(content, status_code=answer.status)
-    else:
-        response = StreamingResponse(
-            answer.content.iter_any(),
-            status_code=answer.status,
-            background=BackgroundTask(answer.release),
-        )
-    # several headers of one name (Set-Cookie) must stay apart: set the raw list
-    response.raw_headers = [
-        (name.lower().encode("latin-1"), value.encode("latin-1"))
-        for name, value in _answer_headers(answer.headers.items())
-    ]
-    return response
+        answer.release()
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return answer.status
+    streamed = StreamingResponse(
+        answer.chunks(), status_code=answer.status, background=BackgroundTask(answer.release)
+    )
+    streamed.raw_headers = headers  # several of one name (Set-Cookie) stay apart
+    try:
+        await streamed(scope, receive, send)
+    finally:
+        answer.release()
+    return answer.status
 
 
 #: Answers up to this many bytes (with a Content-Length) are read whole, then sent.
@@ -358,26 +504,61 @@ _SESSION_PATH = re.compile(r"/s/(\d+)/")
 class SessionProxy:
     """ASGI middleware: HTTP requests under ``/s/<id>/`` go to :func:`_forward` directly.
 
-    Why ahead of the router: matching a request against every API route and passing it
-    through FastAPI's request layers cost more than forwarding it (0.7 of 1.1 ms per
-    request, measured with ``bench/webui_latency.py``), and an app's every page, script
-    and image comes this way. Everything else, WebSockets included, goes on to ``app``.
+    Why ahead of everything else: matching a request against every API route and passing
+    it through FastAPI's and Reflex's layers cost more than forwarding it (measured with
+    ``bench/webui_latency.py``), and an app's every page, script and image comes this
+    way. So it is the outermost layer of :func:`~aimms_portal.api.app.create_api`, and the
+    servers put one more in front of the whole ASGI app (the portal's Reflex app, the
+    backend's API); whichever sees a request first serves it. Everything else,
+    WebSockets included, goes on to ``app``.
+
+    It counts and times the requests it serves itself, in the API's metrics, labelled
+    with the proxy's route template (``/s/{session_id}/{path:path}``).
+
+    Known limit: one portal process forwards about 8,000 requests/s on 2 CPUs
+    (``bench/webui_latency.py``), so an app that answers in tens of microseconds is slowed
+    down several times; the README's limits say so too.
     """
 
     def __init__(self, app: ASGIApp) -> None:
+        # imported here: the API's module imports this one
+        from aimms_portal.api.app import HTTP_LATENCY, HTTP_REQUESTS
+
         self.app = app
-        self.route = next(
-            route for route in router.routes if getattr(route, "endpoint", None) is proxy_http
+        self._requests = HTTP_REQUESTS
+        self._latency = HTTP_LATENCY
+        self._template: str = next(
+            getattr(route, "path", "")
+            for route in router.routes
+            if getattr(route, "endpoint", None) is proxy_http
         )
+        # the labelled metrics per (method, status): looking them up costs more than
+        # the rest of the bookkeeping
+        self._metrics: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = _SESSION_PATH.match(scope["path"]) if scope["type"] == "http" else None
         if match is None:
             await self.app(scope, receive, send)
             return
-        scope["route"] = self.route  # what the router would have set (metrics read it)
-        response = await _forward(int(match[1]), Request(scope, receive))
-        await response(scope, receive, send)
+        started = time.perf_counter()
+        status = 500
+        try:
+            status = await _forward(int(match[1]), scope, receive, send)
+        finally:
+            self._count(scope["method"], status, time.perf_counter() - started)
+
+    def _count(self, method: str, status: int, seconds: float) -> None:
+        metrics = self._metrics.get((method, status))
+        if metrics is None:
+            metrics = (
+                self._requests.labels(method, self._template, str(status)),
+                self._latency.labels(method, self._template),
+            )
+            if len(self._metrics) < 256:  # methods are the client's to choose
+                self._metrics[(method, status)] = metrics
+        metrics[0].inc()
+        metrics[1].observe(seconds)
 
 
 # -- WebSockets ------------------------------------------------------------------------------

@@ -10,17 +10,21 @@ import dataclasses
 import hashlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 import pytest
 import websockets
 
 from aimms_portal import config
+from aimms_portal.api import proxy
+from aimms_portal.api.app import create_api
 from aimms_portal.db import session_scope
+from aimms_portal.errors import Conflict, Gone, NotAuthenticated, NotFound, PortalError
 from aimms_portal.models import AppSession, User
 from aimms_portal.services import apps
 from tests.api.support import quick_user
+from tests.api.test_upstream import Handler, Served, answer, read_request, serving
 from tests.helpers import PASSWORD
 from tests.solving import (
     SOLVER_APP,
@@ -284,3 +288,303 @@ def test_a_webui_session_survives_a_portal_restart(solve_portal: SolvePortal) ->
             still = client.get(f"/api/v1/sessions/{session['id']}").json()
             assert still["state"] == "ready", still
             assert client.get(session["url"]).status_code == 200
+
+
+# -- the forwarding itself, against a scripted app (the pass check faked) -------------------
+
+
+@dataclasses.dataclass
+class _Ready:
+    """What the pass check returns, as far as the proxy reads it."""
+
+    address: str
+    id: int = 7
+
+
+class _Checks:
+    """A stand-in for the pass check (``proxy._target``): counts the calls, lets through
+    to ``address`` (or raises ``refuse``), and may run ``during`` while it checks."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.calls: list[tuple[dict[str, str], str | None, int]] = []
+        self.refuse: PortalError | None = None
+        self.during: Callable[[], None] | None = None
+
+    def __call__(self, cookies: dict[str, str], authorization: str | None, sid: int) -> _Ready:
+        self.calls.append((cookies, authorization, sid))
+        time.sleep(0.05)  # long enough for concurrent requests to overlap
+        if self.during is not None:
+            self.during()
+        if self.refuse is not None:
+            raise self.refuse
+        return _Ready(self.address)
+
+
+@contextlib.asynccontextmanager
+async def _proxied(
+    monkeypatch: pytest.MonkeyPatch, handler: Handler
+) -> AsyncIterator[tuple[httpx.AsyncClient, _Checks, Served]]:
+    """A client of :class:`proxy.SessionProxy` (in this loop) in front of a scripted app."""
+    async with serving(handler) as served:
+        checks = _Checks(served.address)
+        monkeypatch.setattr(proxy, "_target", checks)
+        monkeypatch.setattr(proxy, "_passes", proxy._Passes())
+
+        async def not_the_proxy(scope: dict, receive: object, send: object) -> None:
+            raise AssertionError(f"{scope['path']} went past the proxy")
+
+        app = proxy.SessionProxy(not_the_proxy)  # type: ignore[arg-type]
+        transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 4567))
+        async with httpx.AsyncClient(transport=transport, base_url="http://portal") as client:
+            try:
+                yield client, checks, served
+            finally:
+                await proxy.close_clients()
+
+
+def _lines(head: bytes) -> list[str]:
+    return head.decode().split("\r\n")
+
+
+async def _echo_app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers every request with its request line; a few answer headers of its own."""
+    served = Served()
+    while True:
+        head, _ = await read_request(reader, served)
+        if head.startswith(b"HEAD"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
+            continue
+        line = head.split(b"\r\n")[0]
+        writer.write(
+            answer(
+                line,
+                "200 OK",
+                "Set-Cookie: aimms_portal_session=stolen; Path=/",
+                "Set-Cookie: aimms_portal_csrf =stolen",
+                "Set-Cookie: app=1",
+                "Keep-Alive: timeout=5",
+                "X-App: yes",
+            )
+        )
+
+
+def test_the_app_gets_the_request_as_sent_but_never_the_portals_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def main() -> None:
+        async with _proxied(monkeypatch, _echo_app) as (client, checks, _):
+            got = await client.get(
+                "/s/7/a%2Fb/c?x=1&y=%20",
+                headers={
+                    "Cookie": "aimms_portal_session=SECRET; theme=dark; aimms_portal_csrf=C",
+                    "Authorization": "Bearer aimms_token",
+                    "X-Forwarded-For": "6.6.6.6",
+                    "X-Forwarded-Host": "evil.example",
+                    "Accept": "text/plain",
+                },
+            )
+            assert got.status_code == 200
+            assert got.text == "GET /s/7/a%2Fb/c?x=1&y=%20 HTTP/1.1"
+            # the app's own cookies come back, never one of the portal's names
+            assert got.headers.get_list("set-cookie") == ["app=1"]
+            assert got.headers["x-app"] == "yes" and "keep-alive" not in got.headers
+            assert checks.calls == [({"aimms_portal_session": "SECRET"}, "Bearer aimms_token", 7)]
+
+    asyncio.run(main())
+
+
+def test_what_reaches_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bytes] = []
+
+    async def recording_app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, body = await read_request(reader, Served())
+            seen.append(head + body)
+            writer.write(answer(b"ok"))
+
+    async def main() -> None:
+        async with _proxied(monkeypatch, recording_app) as (client, _, served):
+            await client.get(
+                "/s/7/page",
+                headers={
+                    "Cookie": "aimms_portal_session=SECRET; theme=dark; aimms_portal_csrf=C",
+                    "Authorization": "Bearer aimms_token",
+                    "X-Forwarded-For": "6.6.6.6",
+                    "X-Forwarded-Host": "evil.example",
+                    "Accept": "text/plain",
+                },
+            )
+            await client.post("/s/7/form", content=b"a=1", headers={"Cookie": "theme=dark"})
+            lines = _lines(seen[0])
+            assert lines[0] == "GET /s/7/page HTTP/1.1"
+            assert f"host: {served.address}" in lines
+            assert "cookie: theme=dark" in lines
+            assert "accept: text/plain" in lines
+            assert "x-forwarded-for: 10.1.2.3" in lines
+            assert "x-forwarded-proto: http" in lines
+            assert "x-forwarded-host: portal" in lines
+            text = seen[0].decode().lower()
+            assert "authorization" not in text and "secret" not in text
+            assert "6.6.6.6" not in text and "evil.example" not in text
+            assert seen[1].endswith(b"\r\n\r\na=1") and b"content-length: 3" in seen[1]
+
+    asyncio.run(main())
+
+
+def test_requests_at_once_share_one_pass_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        async with _proxied(monkeypatch, _echo_app) as (client, checks, _):
+            cookie = {"Cookie": "aimms_portal_session=SECRET"}
+            answers = await asyncio.gather(
+                *(client.get(f"/s/7/{n}", headers=cookie) for n in range(20))
+            )
+            assert [a.status_code for a in answers] == [200] * 20
+            assert len(checks.calls) == 1
+            # a kept pass: no check at all
+            assert (await client.get("/s/7/again", headers=cookie)).status_code == 200
+            assert len(checks.calls) == 1
+            # other credentials are checked on their own
+            other = {"Cookie": "aimms_portal_session=OTHER"}
+            assert (await client.get("/s/7/x", headers=other)).status_code == 200
+            assert len(checks.calls) == 2
+
+    asyncio.run(main())
+
+
+def test_a_pass_checked_while_its_session_ends_is_not_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def main() -> None:
+        async with _proxied(monkeypatch, _echo_app) as (client, checks, _):
+            checks.during = lambda: proxy.forget_session(7)  # ended by this process
+            cookie = {"Cookie": "aimms_portal_session=SECRET"}
+            assert (await client.get("/s/7/", headers=cookie)).status_code == 200
+            checks.during = None
+            checks.refuse = Gone("This session has ended: ended by you.", code="session_ended")
+            refused = await client.get("/s/7/", headers=cookie | {"Accept": "application/json"})
+            assert refused.status_code == 410
+            assert refused.json()["error"]["code"] == "session_ended"
+            assert len(checks.calls) == 2
+
+    asyncio.run(main())
+
+
+def test_refusals_say_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        async with _proxied(monkeypatch, _echo_app) as (client, checks, _):
+            json_ = {"Accept": "application/json"}
+            checks.refuse = NotFound("No session 7.")
+            refused = await client.get("/s/7/", headers=json_)
+            assert refused.status_code == 404 and refused.json()["error"]["message"] == (
+                "No session 7."
+            )
+            checks.refuse = Conflict("This session is still starting.", code="session_starting")
+            starting = await client.get("/s/7/", headers={"Accept": "text/html"})
+            assert starting.status_code == 503 and 'http-equiv="refresh"' in starting.text
+            checks.refuse = NotAuthenticated("Please log on.")
+            anonymous = await client.get("/s/7/x", headers={"Accept": "text/html"})
+            assert anonymous.status_code == 303
+            assert anonymous.headers["location"] == "/login?next=/s/7/x"
+            assert len(checks.calls) == 3  # refusals are never kept
+
+    asyncio.run(main())
+
+
+def test_an_app_that_is_gone_or_breaks_off_gets_a_clear_502(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def cut_short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader, Served())
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+        await writer.drain()
+
+    async def main() -> None:
+        json_ = {"Accept": "application/json"}
+        async with _proxied(monkeypatch, cut_short) as (client, checks, served):
+            broken = await client.get("/s/7/", headers=json_)
+            assert broken.status_code == 502
+            assert broken.json()["error"]["code"] == "app_down"
+
+            async with serving(cut_short) as gone:
+                checks.address = gone.address  # a port nobody listens on any more
+            down = await client.get("/s/7/", headers={"Accept": "text/html"})
+            assert down.status_code == 502 and "does not answer" in down.text
+            # the pass went with it: the next request is checked again
+            assert len(checks.calls) == 2
+
+    asyncio.run(main())
+
+
+def test_head_and_bodies_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        async with _proxied(monkeypatch, _echo_app) as (client, _, served):
+            head = await client.head("/s/7/file")
+            assert head.status_code == 200 and head.headers["content-length"] == "4"
+            assert head.content == b""
+            after = await client.get("/s/7/after")  # the connection is still good
+            assert after.text == "GET /s/7/after HTTP/1.1"
+            assert served.connections == 1
+
+    asyncio.run(main())
+
+
+def test_an_id_spelled_otherwise_is_sent_to_its_usual_spelling() -> None:
+    async def main() -> None:
+        transport = httpx.ASGITransport(app=create_api())
+        async with httpx.AsyncClient(transport=transport, base_url="http://portal") as client:
+            odd = await client.get("/s/+7/a%20b?x=1")
+            assert odd.status_code == 307 and odd.headers["location"] == "/s/7/a%20b?x=1"
+            bare = await client.get("/s/7")
+            assert bare.status_code == 307 and bare.headers["location"] == "/s/7/"
+
+    asyncio.run(main())
+
+
+def test_a_caller_that_goes_away_while_sending_gets_nothing_and_breaks_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bodies: list[bytes] = []
+
+    async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert b"content-length: 10" in head
+        bodies.append(await reader.read())  # until the proxy gives up on the connection
+
+    async def main() -> None:
+        async with _proxied(monkeypatch, app) as (client, _, served):
+            messages = iter(
+                [
+                    {"type": "http.request", "body": b"12345", "more_body": True},
+                    {"type": "http.disconnect"},
+                ]
+            )
+
+            async def receive() -> dict:
+                return next(messages)
+
+            sent: list[dict] = []
+
+            async def send(message: dict) -> None:
+                sent.append(message)
+
+            scope = {
+                "type": "http",
+                "method": "POST",
+                "path": "/s/7/upload",
+                "raw_path": b"/s/7/upload",
+                "query_string": b"",
+                "headers": [(b"content-length", b"10"), (b"cookie", b"aimms_portal_session=S")],
+                "client": ("127.0.0.1", 1),
+                "scheme": "http",
+            }
+            await proxy.SessionProxy(None)(scope, receive, send)  # type: ignore[arg-type]
+            assert sent == []
+            for _ in range(100):
+                if bodies:
+                    break
+                await asyncio.sleep(0.05)
+            assert bodies == [b"12345"]  # and the connection was closed, not kept
+            assert served.connections == 1
+
+    asyncio.run(main())
