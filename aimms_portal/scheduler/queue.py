@@ -206,31 +206,62 @@ def _claim_statement() -> Any:
         .scalar_subquery()
     )
     return (
-        update(Job)
+        update(table)
         .where(
-            col(Job.id) == head,
-            col(Job.state) == JobState.queued.value,
-            col(Job.release_id) == bindparam("p_release_id"),
-            col(Job.owner_id) == bindparam("p_owner_id"),
+            table.c.id == head,
+            table.c.state == JobState.queued.value,
+            table.c.release_id == bindparam("p_release_id"),
+            table.c.owner_id == bindparam("p_owner_id"),
         )
         .values(
             state=JobState.starting.value,
-            attempt=Job.attempt + 1,
+            attempt=table.c.attempt + 1,
             session_id=bindparam("p_session_id"),
             lease_expires_at=bindparam("p_lease_expires_at"),
             cancel_requested=False,
             reason="",
             updated_at=bindparam("p_now"),
         )
-        .returning(Job)
-        .execution_options(synchronize_session=False, populate_existing=True)
+        .returning(*table.c)
     )
 
 
 def claim_for_session(
     session: Session, app_session: AppSession, *, limits: Limits, lease: timedelta
 ) -> Job | None:
-    """The next job for an idle solve session, if the queue's head is one it can run.
+    """The next job for an idle solve session, if the queue's head is one it can run
+    (see :func:`claim_next`); recorded on ``app_session`` (the caller's, locked)."""
+    if (
+        app_session.kind != SessionKind.solve.value
+        or app_session.state != SessionState.ready.value
+        or app_session.job_id is not None
+    ):
+        return None
+    job = claim_next(
+        session,
+        session_id=app_session.id or 0,
+        owner_id=app_session.owner_id,
+        release_id=app_session.release_id,
+        limits=limits,
+        lease=lease,
+    )
+    if job is not None:
+        app_session.job_id = job.id
+        app_session.idle_since = None
+        session.add(app_session)
+    return job
+
+
+def claim_next(
+    session: Session,
+    *,
+    session_id: int,
+    owner_id: int,
+    release_id: int | None,
+    limits: Limits,
+    lease: timedelta,
+) -> Job | None:
+    """Hand the queue's head to a warm solve session if it is one the session can run.
 
     A warm session takes a job only when that job is the first one the dispatcher would
     start anyway (the first queued job that the capacity limits admit), and it is of
@@ -240,34 +271,28 @@ def claim_for_session(
     One statement: the head is found among the first :data:`SESSION_CANDIDATES` queued
     jobs (those another claimer holds are skipped, ``SKIP LOCKED``), admitted by the
     jobs in progress of its user and app, and updated only if it is the session's own.
+    The caller has locked the session (a ready solve session without a job) and records
+    the job on it.
     """
-    if (
-        app_session.kind != SessionKind.solve.value
-        or app_session.state != SessionState.ready.value
-        or app_session.job_id is not None
-    ):
-        return None
     now = utcnow()
-    job = session.execute(
-        _claim_statement(),
-        {
-            "p_per_user": limits.per_user,
-            "p_per_app": limits.per_app,
-            "p_release_id": app_session.release_id,
-            "p_owner_id": app_session.owner_id,
-            "p_session_id": app_session.id,
-            "p_lease_expires_at": now + lease,
-            "p_now": now,
-        },
-    ).scalar_one_or_none()
+    params = {
+        "p_per_user": limits.per_user,
+        "p_per_app": limits.per_app,
+        "p_release_id": release_id,
+        "p_owner_id": owner_id,
+        "p_session_id": session_id,
+        "p_lease_expires_at": now + lease,
+        "p_now": now,
+    }
+    job = session.scalars(
+        select(Job).from_statement(_claim_statement()).execution_options(populate_existing=True),
+        params,
+    ).first()
     if job is None:
         return None
     # what assign() and move_job() do besides the row itself
     if job.hook_url:
         lifecycle.queue_hook(session, job, now)
-    app_session.job_id = job.id
-    app_session.idle_since = None
-    session.add(app_session)
     logger.info("job %s: queued -> starting", job.id)
-    logger.info("job %s attempt %d -> session %s", job.id, job.attempt, app_session.id)
+    logger.info("job %s attempt %d -> session %s", job.id, job.attempt, session_id)
     return job

@@ -37,6 +37,7 @@ from aimms_portal.models import (
     JobState,
     Release,
     RuntimeVersion,
+    SessionKind,
     SessionState,
     SigningKey,
     User,
@@ -45,7 +46,7 @@ from aimms_portal.models import (
 from aimms_portal.packages import encryption
 from aimms_portal.scheduler import lifecycle, signals
 from aimms_portal.scheduler.dispatcher import end_session
-from aimms_portal.scheduler.queue import Limits, claim_for_session
+from aimms_portal.scheduler.queue import Limits, claim_for_session, claim_next
 from aimms_portal.services import cases
 from aimms_portal.services.portal_keys import private_key_for
 from aimms_portal.storage import get_storage
@@ -605,14 +606,40 @@ def finish_job(
     # the dispatcher hears of it below, unless this session takes the next job itself
     _moved(session, row, now)
 
-    app_session = session.get(AppSession, runner.app_session.id, with_for_update=True)
-    if app_session is None:
+    # the session: free, and (when ready) its next job, in plain statements
+    sessions = AppSession.__table__  # type: ignore[attr-defined]
+    freed = session.execute(
+        update(sessions)
+        .where(sessions.c.id == runner.app_session.id)
+        .values(job_id=None, last_heartbeat_at=now)
+        .returning(
+            sessions.c.kind,
+            sessions.c.state,
+            sessions.c.idle_since,
+            sessions.c.owner_id,
+            sessions.c.release_id,
+        )
+    ).first()
+    if freed is None or freed.state != SessionState.ready.value:
         signals.announce(session, signals.QUEUE)
         return None
-    app_session.job_id = None
-    app_session.last_heartbeat_at = now
-    session.add(app_session)
-    if app_session.state != SessionState.ready.value:
-        signals.announce(session, signals.QUEUE)
+    job = None
+    if freed.kind == SessionKind.solve.value:
+        settings = get_settings()
+        job = claim_next(
+            session,
+            session_id=runner.app_session.id or 0,
+            owner_id=freed.owner_id,
+            release_id=freed.release_id,
+            limits=Limits.from_settings(settings),
+            lease=timedelta(seconds=settings.job_lease_seconds),
+        )
+    if job is not None:
+        taken: dict[str, Any] = {"job_id": job.id, "idle_since": None}
+    elif freed.idle_since is None:
+        taken = {"idle_since": now}
+        signals.announce(session, signals.QUEUE)  # an idle session is capacity
+    else:
         return None
-    return _next_for(session, app_session)  # announces when the session goes idle
+    session.execute(update(sessions).where(sessions.c.id == runner.app_session.id).values(taken))
+    return job
