@@ -607,18 +607,8 @@ def finish_job(
     _moved(session, row, now)
 
     # the session: free, and (when ready) its next job, in plain statements
-    sessions = AppSession.__table__  # type: ignore[attr-defined]
     freed = session.execute(
-        update(sessions)
-        .where(sessions.c.id == runner.app_session.id)
-        .values(job_id=None, last_heartbeat_at=now)
-        .returning(
-            sessions.c.kind,
-            sessions.c.state,
-            sessions.c.idle_since,
-            sessions.c.owner_id,
-            sessions.c.release_id,
-        )
+        _free_session_statement(), {"p_id": runner.app_session.id, "p_now": now}
     ).first()
     if freed is None or freed.state != SessionState.ready.value:
         signals.announce(session, signals.QUEUE)
@@ -635,11 +625,43 @@ def finish_job(
             lease=timedelta(seconds=settings.job_lease_seconds),
         )
     if job is not None:
-        taken: dict[str, Any] = {"job_id": job.id, "idle_since": None}
+        session.execute(_took_job_statement(), {"p_id": runner.app_session.id, "p_job": job.id})
     elif freed.idle_since is None:
-        taken = {"idle_since": now}
+        session.execute(_went_idle_statement(), {"p_id": runner.app_session.id, "p_now": now})
         signals.announce(session, signals.QUEUE)  # an idle session is capacity
-    else:
-        return None
-    session.execute(update(sessions).where(sessions.c.id == runner.app_session.id).values(taken))
     return job
+
+
+# the statements of finish_job's second half, built once
+
+
+@functools.cache
+def _free_session_statement() -> Any:
+    sessions = AppSession.__table__  # type: ignore[attr-defined]
+    c = sessions.c
+    return (
+        update(sessions)
+        .where(c.id == bindparam("p_id"))
+        .values(job_id=None, last_heartbeat_at=bindparam("p_now"))
+        .returning(c.kind, c.state, c.idle_since, c.owner_id, c.release_id)
+    )
+
+
+@functools.cache
+def _took_job_statement() -> Any:
+    sessions = AppSession.__table__  # type: ignore[attr-defined]
+    return (
+        update(sessions)
+        .where(sessions.c.id == bindparam("p_id"))
+        .values(job_id=bindparam("p_job"), idle_since=None)
+    )
+
+
+@functools.cache
+def _went_idle_statement() -> Any:
+    sessions = AppSession.__table__  # type: ignore[attr-defined]
+    return (
+        update(sessions)
+        .where(sessions.c.id == bindparam("p_id"))
+        .values(idle_since=bindparam("p_now"))
+    )
