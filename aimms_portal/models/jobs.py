@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import Column, ForeignKey, Index, Integer, Text, UniqueConstraint
+from sqlalchemy import Column, ForeignKey, Index, Integer, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from aimms_portal.models.base import UTCDateTime, utcnow
@@ -144,7 +145,7 @@ class Job(SQLModel, table=True):
     time_limit_s: int
     #: Not to start before this time (the job is ``scheduled`` until then).
     start_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    state: str = Field(max_length=16, index=True)
+    state: str = Field(max_length=16)
     #: How many times the job was handed to a session; also its fencing number: only
     #: the session holding the current attempt may report progress or results.
     attempt: int = Field(default=0)
@@ -168,13 +169,23 @@ class Job(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
+def _partial(where: str) -> dict[str, Any]:
+    """The keyword arguments of an index over the rows matching ``where`` only."""
+    return {"postgresql_where": text(where), "sqlite_where": text(where)}
+
+
+_jobs = Job.__table__.c  # type: ignore[attr-defined]
+# Partial indexes: each holds only the few rows a hot query looks for, so a job's state
+# changes touch small indexes and the queries never step over the finished jobs.
 # the queue's order (priority high to low, then oldest first) read straight off an index
+Index("ix_jobs_queue", _jobs.priority.desc(), _jobs.id, **_partial("state = 'queued'"))
+# jobs in progress, counted per user and per app for the capacity limits (and scanned
+# by the reaper for lapsed leases and time limits)
 Index(
-    "ix_jobs_queue",
-    Job.__table__.c.state,  # type: ignore[attr-defined]
-    Job.__table__.c.priority.desc(),  # type: ignore[attr-defined]
-    Job.__table__.c.id,  # type: ignore[attr-defined]
+    "ix_jobs_active", _jobs.owner_id, _jobs.app_id, **_partial("state IN ('starting', 'running')")
 )
+# scheduled jobs by start time
+Index("ix_jobs_scheduled", _jobs.start_at, **_partial("state = 'scheduled'"))
 
 
 class AppSession(SQLModel, table=True):

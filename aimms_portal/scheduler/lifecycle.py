@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlmodel import Session
 
@@ -149,7 +150,27 @@ def hook_secret(job_id: int) -> str:
     return hmac.new(key, f"hook:{job_id}".encode(), hashlib.sha256).hexdigest()
 
 
-def hook_body(job: Job, at: datetime) -> str:
+class HookFields(Protocol):
+    """What a state hook tells about a job: a :class:`Job`, or a row of its columns
+    (the fenced reports read them back with ``RETURNING`` instead of loading the job)."""
+
+    @property
+    def id(self) -> int | None: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def exit_code(self) -> int | None: ...
+    @property
+    def output_case_id(self) -> int | None: ...
+    @property
+    def hook_url(self) -> str: ...
+
+
+def hook_body(job: HookFields, at: datetime) -> str:
     return json.dumps(
         {
             "job_id": job.id,
@@ -164,7 +185,7 @@ def hook_body(job: Job, at: datetime) -> str:
     )
 
 
-def queue_hook(session: Session, job: Job, at: datetime | None = None) -> None:
+def queue_hook(session: Session, job: HookFields, at: datetime | None = None) -> None:
     """Queue the state hook of ``job``'s current state for delivery (an outbox row)."""
     body = hook_body(job, at or utcnow())
     session.add(HookDelivery(job_id=job.id or 0, url=job.hook_url, body=body))

@@ -8,16 +8,24 @@ claimers (two dispatchers during a leader hand-over, a dispatcher and a session 
 for its next job) never take the same job, and neither waits for the other. SQLite
 runs one unit of work at a time (see :mod:`aimms_portal.db`), which gives the same
 guarantee by serializing.
+
+Known shortcomings: the capacity limits are checked by counting the jobs in progress,
+without serializing claimers, so claimers at the very same moment (sessions, the
+dispatcher) can each see room for one more job and together exceed a limit briefly.
+Throughput is about half of procrastinate's on the same database (issue 4 asks for five
+times): each job takes three fenced changes in two units of work (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import bindparam, func, update
 from sqlmodel import Session, col, select
 
 from aimms_portal.config import Settings
@@ -39,6 +47,8 @@ logger = logging.getLogger(__name__)
 CANDIDATES = 200
 #: How many a session asking for its next job looks at: the head is nearly always it.
 SESSION_CANDIDATES = 20
+
+_ACTIVE = [s.value for s in ACTIVE_STATES]
 
 
 @dataclass(frozen=True)
@@ -165,28 +175,130 @@ def assign(
     logger.info("job %s attempt %d -> session %s", job.id, job.attempt, app_session.id)
 
 
+def _active_jobs(column: str, value: Any) -> Any:
+    """The number of jobs in progress whose ``column`` is ``value`` (a scalar subquery)."""
+    active = Job.__table__.alias("active")  # type: ignore[attr-defined]
+    return (
+        select(func.count())
+        .select_from(active)
+        .where(active.c.state.in_(_ACTIVE), active.c[column] == value)
+        .scalar_subquery()
+    )
+
+
+@functools.cache
+def _claim_statement() -> Any:
+    """The claim of :func:`claim_for_session`, built once (building it costs more than
+    running it); the values come as bound parameters."""
+    table = Job.__table__  # type: ignore[attr-defined]
+    candidate = table.alias("candidate")
+    window = (
+        select(table.c.id)
+        .where(table.c.state == JobState.queued.value)
+        .order_by(table.c.priority.desc(), table.c.id)
+        .limit(SESSION_CANDIDATES)
+    )
+    head = (
+        select(candidate.c.id)
+        .where(
+            candidate.c.id.in_(window),
+            candidate.c.state == JobState.queued.value,
+            _active_jobs("owner_id", candidate.c.owner_id) < bindparam("p_per_user"),
+            _active_jobs("app_id", candidate.c.app_id) < bindparam("p_per_app"),
+        )
+        .order_by(candidate.c.priority.desc(), candidate.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    return (
+        update(table)
+        .where(
+            table.c.id == head,
+            table.c.state == JobState.queued.value,
+            table.c.release_id == bindparam("p_release_id"),
+            table.c.owner_id == bindparam("p_owner_id"),
+        )
+        .values(
+            state=JobState.starting.value,
+            attempt=table.c.attempt + 1,
+            session_id=bindparam("p_session_id"),
+            lease_expires_at=bindparam("p_lease_expires_at"),
+            cancel_requested=False,
+            reason="",
+            updated_at=bindparam("p_now"),
+        )
+        .returning(*table.c)
+    )
+
+
 def claim_for_session(
     session: Session, app_session: AppSession, *, limits: Limits, lease: timedelta
 ) -> Job | None:
-    """The next job for an idle solve session, if the queue's head is one it can run.
-
-    A warm session takes a job only when that job is the first one the dispatcher would
-    start anyway (the first queued job that the capacity limits admit), and it is of
-    the session's release and user. So warm sessions never jump the queue: a more
-    urgent job of another app waits for no one but the dispatcher.
-    """
+    """The next job for an idle solve session, if the queue's head is one it can run
+    (see :func:`claim_next`); recorded on ``app_session`` (the caller's, locked)."""
     if (
         app_session.kind != SessionKind.solve.value
         or app_session.state != SessionState.ready.value
         or app_session.job_id is not None
     ):
         return None
-    load = current_load(session)
-    for job in queued_candidates(session, SESSION_CANDIDATES):
-        if not load.allows(job, limits):
-            continue
-        if job.release_id != app_session.release_id or job.owner_id != app_session.owner_id:
-            return None
-        assign(session, job, app_session, lease=lease, wake_session=False)
-        return job
-    return None
+    job = claim_next(
+        session,
+        session_id=app_session.id or 0,
+        owner_id=app_session.owner_id,
+        release_id=app_session.release_id,
+        limits=limits,
+        lease=lease,
+    )
+    if job is not None:
+        app_session.job_id = job.id
+        app_session.idle_since = None
+        session.add(app_session)
+    return job
+
+
+def claim_next(
+    session: Session,
+    *,
+    session_id: int,
+    owner_id: int,
+    release_id: int | None,
+    limits: Limits,
+    lease: timedelta,
+) -> Job | None:
+    """Hand the queue's head to a warm solve session if it is one the session can run.
+
+    A warm session takes a job only when that job is the first one the dispatcher would
+    start anyway (the first queued job that the capacity limits admit), and it is of
+    the session's release and user. So warm sessions never jump the queue: a more
+    urgent job of another app waits for no one but the dispatcher.
+
+    One statement: the head is found among the first :data:`SESSION_CANDIDATES` queued
+    jobs (those another claimer holds are skipped, ``SKIP LOCKED``), admitted by the
+    jobs in progress of its user and app, and updated only if it is the session's own.
+    The caller has locked the session (a ready solve session without a job) and records
+    the job on it.
+    """
+    now = utcnow()
+    params = {
+        "p_per_user": limits.per_user,
+        "p_per_app": limits.per_app,
+        "p_release_id": release_id,
+        "p_owner_id": owner_id,
+        "p_session_id": session_id,
+        "p_lease_expires_at": now + lease,
+        "p_now": now,
+    }
+    job = session.scalars(
+        select(Job).from_statement(_claim_statement()).execution_options(populate_existing=True),
+        params,
+    ).first()
+    if job is None:
+        return None
+    # what assign() and move_job() do besides the row itself
+    if job.hook_url:
+        lifecycle.queue_hook(session, job, now)
+    logger.info("job %s: queued -> starting", job.id)
+    logger.info("job %s attempt %d -> session %s", job.id, job.attempt, session_id)
+    return job

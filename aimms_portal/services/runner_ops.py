@@ -11,15 +11,16 @@ attempt can never change a job, its log or its result.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func
-from sqlmodel import Session, col, select
+from sqlalchemy import bindparam, case, func, update
+from sqlmodel import Session, select
 
 from aimms_portal.auth import tokens
 from aimms_portal.config import get_settings
@@ -36,6 +37,7 @@ from aimms_portal.models import (
     JobState,
     Release,
     RuntimeVersion,
+    SessionKind,
     SessionState,
     SigningKey,
     User,
@@ -44,7 +46,7 @@ from aimms_portal.models import (
 from aimms_portal.packages import encryption
 from aimms_portal.scheduler import lifecycle, signals
 from aimms_portal.scheduler.dispatcher import end_session
-from aimms_portal.scheduler.queue import Limits, claim_for_session
+from aimms_portal.scheduler.queue import Limits, claim_for_session, claim_next
 from aimms_portal.services import cases
 from aimms_portal.services.portal_keys import private_key_for
 from aimms_portal.storage import get_storage
@@ -234,6 +236,11 @@ def next_job(session: Session, *, runner: RunnerSession) -> Job | None:
     app_session = _locked(session, runner)
     if app_session.state == SessionState.stopping.value:
         raise Gone("This session is stopping.", code="session_stopping")
+    return _next_for(session, app_session)
+
+
+def _next_for(session: Session, app_session: AppSession) -> Job | None:
+    """:func:`next_job` for a session this unit of work has locked (and found live)."""
     now = utcnow()
     # a waiting runner asks every second; the heartbeat need not be written as often
     if not app_session.last_heartbeat_at or now - app_session.last_heartbeat_at > HEARD_RECENTLY:
@@ -249,12 +256,14 @@ def next_job(session: Session, *, runner: RunnerSession) -> Job | None:
             return job
         app_session.job_id = None
     settings = get_settings()
-    job = claim_for_session(
-        session,
-        app_session,
-        limits=Limits.from_settings(settings),
-        lease=timedelta(seconds=settings.job_lease_seconds),
-    )
+    # the session's row is written once, at commit, not flushed ahead of the claim
+    with session.no_autoflush:
+        job = claim_for_session(
+            session,
+            app_session,
+            limits=Limits.from_settings(settings),
+            lease=timedelta(seconds=settings.job_lease_seconds),
+        )
     if job is None and app_session.idle_since is None:
         app_session.idle_since = utcnow()
         session.add(app_session)
@@ -320,11 +329,129 @@ def job_input(session: Session, *, runner: RunnerSession, job_id: int, attempt: 
 
 
 def job_started(session: Session, *, runner: RunnerSession, job_id: int, attempt: int) -> None:
-    """The procedure has started: ``starting`` -> ``running``."""
+    """The procedure has started: ``starting`` -> ``running``.
+
+    Raises:
+        Conflict: ``stale_attempt``.
+    """
+    now = utcnow()
+    lease = now + timedelta(seconds=get_settings().job_lease_seconds)
+    # the usual case in one fenced statement; a repeated report (already running) and
+    # every refusal take the long way, which also says why
+    row = _fenced(
+        session,
+        _started_statement(),
+        runner,
+        job_id,
+        attempt,
+        {"p_now": now, "p_lease": lease},
+    )
+    if row is not None:
+        _moved(session, row, now, came_from=JobState.starting)
+        return
     job = _held(session, runner, job_id, attempt)
-    job.lease_expires_at = utcnow() + timedelta(seconds=get_settings().job_lease_seconds)
+    job.lease_expires_at = lease
     if job.state == JobState.starting.value:
         lifecycle.move_job(session, job, JobState.running)
+    else:
+        session.add(job)
+
+
+def _fenced_update(states: tuple[str, ...], values: dict[str, Any]) -> Any:
+    """``UPDATE jobs SET values WHERE`` the session holds the current attempt and the job
+    is in one of ``states`` ``RETURNING`` what a state hook needs. The row's lock comes
+    with the update, so no other writer can come between the check and the change."""
+    table = Job.__table__  # type: ignore[attr-defined]
+    c = table.c
+    return (
+        update(table)
+        .where(
+            c.id == bindparam("p_job_id"),
+            # compared as an expression so that the row is always found by its key: with
+            # old statistics the planner took the session's index and stepped through
+            # every job the session ever ran
+            func.coalesce(c.session_id, 0) == bindparam("p_session_id"),
+            c.attempt == bindparam("p_attempt"),
+            c.state.in_(states),
+        )
+        .values(**values)
+        .returning(c.id, c.state, c.attempt, c.reason, c.exit_code, c.output_case_id, c.hook_url)
+    )
+
+
+@functools.cache
+def _started_statement() -> Any:
+    return _fenced_update(
+        (JobState.starting.value,),
+        {
+            "state": JobState.running.value,
+            "started_at": bindparam("p_now"),
+            "lease_expires_at": bindparam("p_lease"),
+            "updated_at": bindparam("p_now"),
+        },
+    )
+
+
+@functools.cache
+def _finish_statement(cancelled: bool) -> Any:
+    table = Job.__table__  # type: ignore[attr-defined]
+    cases_table = Case.__table__  # type: ignore[attr-defined]
+    output = (
+        select(cases_table.c.id)
+        .where(
+            cases_table.c.job_id == bindparam("p_job_id"),
+            cases_table.c.attempt == bindparam("p_attempt"),
+            cases_table.c.kind == CaseKind.output.value,
+        )
+        .order_by(cases_table.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    reason: Any = bindparam("p_reason")
+    if cancelled:  # a cancel that was asked for keeps who asked for it
+        reason = case((table.c.cancel_requested, table.c.reason), else_=reason)
+    return _fenced_update(
+        (JobState.starting.value, JobState.running.value),
+        {
+            "state": bindparam("p_state"),
+            "output_case_id": output,
+            "exit_code": bindparam("p_exit_code"),
+            "reason": reason,
+            "finished_at": bindparam("p_now"),
+            "lease_expires_at": None,
+            "updated_at": bindparam("p_now"),
+        },
+    )
+
+
+def _fenced(
+    session: Session,
+    statement: Any,
+    runner: RunnerSession,
+    job_id: int,
+    attempt: int,
+    values: dict[str, Any],
+) -> Any:
+    """Run a fenced update for the attempt; the job's hook fields, or None when this
+    session does not hold that attempt (then nothing changed)."""
+    if not 0 < job_id < 2**63:
+        return None
+    params = {"p_job_id": job_id, "p_session_id": runner.app_session.id, "p_attempt": attempt}
+    return session.execute(statement, {**params, **values}).first()
+
+
+def _moved(session: Session, row: Any, at: datetime, *, came_from: JobState | None = None) -> None:
+    """What :func:`lifecycle.move_job` does besides the row, for a fenced update (the
+    transitions these make are all allowed ones; none wakes the dispatcher)."""
+    if row.hook_url:
+        lifecycle.queue_hook(session, row, at)
+    logger.info(
+        "job %s attempt %d: %s-> %s",
+        row.id,
+        row.attempt,
+        f"{came_from.value} " if came_from else "",
+        row.state,
+    )
 
 
 def job_heartbeat(session: Session, *, runner: RunnerSession, job_id: int, attempt: int) -> bool:
@@ -457,36 +584,84 @@ def finish_job(
             "outcome must be one of " + ", ".join(sorted(s.value for s in OUTCOMES)) + "."
         )
     assert state is not None
-    job = _held(session, runner, job_id, attempt)
-    output = session.exec(
-        select(Case)
-        .where(
-            Case.job_id == job.id,
-            Case.attempt == attempt,
-            Case.kind == CaseKind.output.value,
-        )
-        .order_by(col(Case.id).desc())
-    ).first()
-    job.output_case_id = output.id if output else None
-    job.exit_code = exit_code
     if state == JobState.succeeded:
         reason = ""
-    elif state == JobState.cancelled and job.cancel_requested:
-        reason = job.reason  # who asked for it
     elif not reason:
         reason = f"exit code {exit_code}" if exit_code is not None else state.value
+    now = utcnow()
+    statement = _finish_statement(state == JobState.cancelled)
+    values = {
+        "p_state": state.value,
+        "p_exit_code": exit_code,
+        "p_reason": reason[:500],
+        "p_now": now,
+    }
+    row = _fenced(session, statement, runner, job_id, attempt, values)
+    if row is None:
+        _held(session, runner, job_id, attempt)  # says why: stale_attempt
+        # it was held after all (changed between the two looks); now it is locked too
+        row = _fenced(session, statement, runner, job_id, attempt, values)
+        if row is None:
+            raise Conflict(f"This session does not hold job {job_id}.", code="stale_attempt")
     # the dispatcher hears of it below, unless this session takes the next job itself
-    lifecycle.move_job(session, job, state, reason=reason, wake_dispatcher=False)
+    _moved(session, row, now)
 
-    app_session = session.get(AppSession, runner.app_session.id, with_for_update=True)
-    if app_session is None:
+    # the session: free, and (when ready) its next job, in plain statements
+    freed = session.execute(
+        _free_session_statement(), {"p_id": runner.app_session.id, "p_now": now}
+    ).first()
+    if freed is None or freed.state != SessionState.ready.value:
         signals.announce(session, signals.QUEUE)
         return None
-    app_session.job_id = None
-    app_session.last_heartbeat_at = utcnow()
-    session.add(app_session)
-    runner = RunnerSession(app_session, runner.owner)
-    if app_session.state != SessionState.ready.value:
-        signals.announce(session, signals.QUEUE)
-        return None
-    return next_job(session, runner=runner)  # announces when the session goes idle
+    job = None
+    if freed.kind == SessionKind.solve.value:
+        settings = get_settings()
+        job = claim_next(
+            session,
+            session_id=runner.app_session.id or 0,
+            owner_id=freed.owner_id,
+            release_id=freed.release_id,
+            limits=Limits.from_settings(settings),
+            lease=timedelta(seconds=settings.job_lease_seconds),
+        )
+    if job is not None:
+        session.execute(_took_job_statement(), {"p_id": runner.app_session.id, "p_job": job.id})
+    elif freed.idle_since is None:
+        session.execute(_went_idle_statement(), {"p_id": runner.app_session.id, "p_now": now})
+        signals.announce(session, signals.QUEUE)  # an idle session is capacity
+    return job
+
+
+# the statements of finish_job's second half, built once
+
+
+@functools.cache
+def _free_session_statement() -> Any:
+    sessions = AppSession.__table__  # type: ignore[attr-defined]
+    c = sessions.c
+    return (
+        update(sessions)
+        .where(c.id == bindparam("p_id"))
+        .values(job_id=None, last_heartbeat_at=bindparam("p_now"))
+        .returning(c.kind, c.state, c.idle_since, c.owner_id, c.release_id)
+    )
+
+
+@functools.cache
+def _took_job_statement() -> Any:
+    sessions = AppSession.__table__  # type: ignore[attr-defined]
+    return (
+        update(sessions)
+        .where(sessions.c.id == bindparam("p_id"))
+        .values(job_id=bindparam("p_job"), idle_since=None)
+    )
+
+
+@functools.cache
+def _went_idle_statement() -> Any:
+    sessions = AppSession.__table__  # type: ignore[attr-defined]
+    return (
+        update(sessions)
+        .where(sessions.c.id == bindparam("p_id"))
+        .values(idle_since=bindparam("p_now"))
+    )

@@ -7,6 +7,7 @@ the launcher was given, so every decision goes through the real code and databas
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import timedelta
@@ -20,13 +21,14 @@ from aimms_portal import config
 from aimms_portal.db import session_scope
 from aimms_portal.errors import Conflict
 from aimms_portal.launchers import SessionSpec
-from aimms_portal.models import AppSession, Job, JobState, Role, User, utcnow
+from aimms_portal.models import AppSession, HookDelivery, Job, JobState, Role, User, utcnow
 from aimms_portal.scheduler import lifecycle
 from aimms_portal.scheduler.dispatcher import dispatch_once
 from aimms_portal.scheduler.leader import LeaderLeaseKeeper
 from aimms_portal.services import jobs, runner_ops
 from tests.api.support import quick_user
 from tests.fakes import RecordingLauncher
+from tests.helpers import USE_SQLITE
 from tests.solving import SOLVER_APP, publish_solver_app
 
 pytestmark = pytest.mark.sqlite
@@ -257,3 +259,129 @@ def test_jobs_move_only_along_their_lifecycle(people: tuple[User, User, User]) -
         for state in JobState:
             with pytest.raises(Conflict):
                 lifecycle.move_job(session, job, state)  # a finished job stays finished
+
+
+def _hook_states(job_id: int) -> list[tuple[str, int]]:
+    with session_scope() as session:
+        rows = session.exec(
+            select(HookDelivery).where(HookDelivery.job_id == job_id).order_by(col(HookDelivery.id))
+        ).all()
+    return [(json.loads(r.body)["state"], json.loads(r.body)["attempt"]) for r in rows]
+
+
+def test_every_state_change_of_a_warm_session_queues_its_hook(
+    people: tuple[User, User, User], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(monkeypatch, max_solve_sessions="1")
+    _, uma, _ = people
+    hook = "http://127.0.0.1:9/hook"
+    first, second = _submit(uma, hook_url=hook), _submit(uma, hook_url=hook)
+    launcher = RecordingLauncher()
+    dispatch_once(launcher, settings)
+    runner = _runner(launcher.started[0])
+
+    job = _take(runner)
+    assert job is not None and job.id == first
+    nxt = _finish(runner, job)  # started, finished, and the next one taken at once
+    assert nxt is not None and nxt.id == second
+    assert _finish(runner, nxt) is None
+
+    expected = [("queued", 0), ("starting", 1), ("running", 1), ("succeeded", 1)]
+    assert _hook_states(first) == expected
+    assert _hook_states(second) == expected
+
+
+def test_a_cancel_asked_for_keeps_who_asked_and_a_failure_says_its_exit_code(
+    people: tuple[User, User, User], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(monkeypatch)
+    _, uma, _ = people
+    cancelled, failed, quiet = _submit(uma), _submit(uma), _submit(uma)
+    launcher = RecordingLauncher()
+    dispatch_once(launcher, settings)
+    runners = {}
+    for spec in launcher.started:
+        runner = _runner(spec)
+        job = _take(runner)
+        assert job is not None
+        runners[job.id] = (runner, job.attempt)
+        with session_scope() as session:
+            runner_ops.job_started(session, runner=runner, job_id=job.id or 0, attempt=1)
+    with session_scope() as session:
+        jobs.cancel_job(session, actor=uma, job_id=cancelled)
+
+    outcomes = {cancelled: ("cancelled", None), failed: ("failed", 3), quiet: ("cancelled", None)}
+    for job_id, (outcome, code) in outcomes.items():
+        runner, attempt = runners[job_id]
+        with session_scope() as session:
+            runner_ops.finish_job(
+                session,
+                runner=runner,
+                job_id=job_id,
+                attempt=attempt,
+                outcome=outcome,
+                exit_code=code,
+            )
+
+    with session_scope() as session:
+        reasons = [session.get(Job, i).reason for i in (cancelled, failed, quiet)]  # type: ignore[union-attr]
+    assert reasons == ["cancelled by uma", "exit code 3", "cancelled"]
+    assert _states(cancelled, failed, quiet) == ["cancelled", "failed", "cancelled"]
+
+
+def test_a_repeated_started_report_only_renews_the_lease(
+    people: tuple[User, User, User], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(monkeypatch)
+    _, uma, _ = people
+    job_id = _submit(uma)
+    launcher = RecordingLauncher()
+    dispatch_once(launcher, settings)
+    runner = _runner(launcher.started[0])
+    assert _take(runner) is not None
+    with session_scope() as session:
+        runner_ops.job_started(session, runner=runner, job_id=job_id, attempt=1)
+    with session_scope() as session:
+        first = session.get(Job, job_id)
+        assert first is not None
+        session.execute(
+            update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow())  # type: ignore[arg-type]
+        )
+
+    with session_scope() as session:
+        runner_ops.job_started(session, runner=runner, job_id=job_id, attempt=1)
+
+    with session_scope() as session:
+        again = session.get(Job, job_id)
+        assert again is not None
+    assert again.state == "running" and again.started_at == first.started_at
+    assert again.lease_expires_at is not None and again.lease_expires_at > utcnow()
+    assert [state for state, _ in _hook_states(job_id)] == []  # no hook: nothing queued
+
+
+@pytest.mark.skipif(USE_SQLITE, reason="SQLite runs one unit of work at a time")
+def test_a_claiming_session_holds_only_the_job_it_takes(
+    people: tuple[User, User, User], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(monkeypatch, max_solve_sessions="2")
+    _, uma, _ = people
+    warmups = [_submit(uma), _submit(uma)]
+    launcher = RecordingLauncher()
+    dispatch_once(launcher, settings)
+    first, second = (_runner(spec) for spec in launcher.started)
+    for runner in (first, second):
+        job = _take(runner)
+        assert job is not None and job.id in warmups
+        assert _finish(runner, job) is None  # both sessions are warm and idle now
+    head, after = _submit(uma), _submit(uma)
+
+    # the first session takes the head and has not committed yet; the second one passes
+    # over it (SKIP LOCKED) to the next job instead of finding nothing
+    with session_scope() as holding:
+        taken = runner_ops.next_job(holding, runner=first)
+        assert taken is not None and taken.id == head
+        with session_scope() as session:
+            other = runner_ops.next_job(session, runner=second)
+            assert other is not None and other.id == after
+
+    assert _states(head, after) == ["starting", "starting"]
