@@ -181,21 +181,29 @@ class StagedPut(ABC):
     ) -> StoredObject:
         """Write everything ``source`` gives into :attr:`path`; its size and SHA-256.
 
+        A readable is read ``read_size`` bytes at a time; chunks of an iterable are
+        taken as they come (joining them into reads of one size would copy every byte).
+
         Raises:
             TooLarge: the source gave more than ``max_bytes``.
             Unavailable: the local file cannot be written, or sending parts failed.
             Exception: whatever the source raised (e.g. the client went away).
         """
-        reader = HashingReader(source, self.max_bytes)
+        digest = hashlib.sha256()
+        size = 0
         with _local_file_errors(self.key):
             out = open(self.path, "wb")  # noqa: SIM115 (closed by the block below)
         with out:
-            while chunk := reader.read(read_size):
+            for chunk in _chunks(source, read_size):
+                size += len(chunk)
+                if self.max_bytes is not None and size > self.max_bytes:
+                    raise TooLarge(f"The upload exceeds the limit of {self.max_bytes} bytes.")
+                digest.update(chunk)
                 with _local_file_errors(self.key):
                     out.write(chunk)
                     out.flush()  # written() may hand these bytes to other readers
-                self.written(reader.size)
-        return StoredObject(key=self.key, size=reader.size, sha256=reader.sha256)
+                self.written(size)
+        return StoredObject(key=self.key, size=size, sha256=digest.hexdigest())
 
     @abstractmethod
     def written(self, size: int) -> None:
@@ -223,6 +231,19 @@ class StagedPut(ABC):
             RuntimeError: ``keep`` without a successful :meth:`finish` (nothing is kept).
             Unavailable: what was sent could not be removed.
         """
+
+
+def _chunks(source: Readable | Iterable[bytes], read_size: int) -> Iterator[bytes]:
+    """The non-empty chunks of a readable (``read_size`` at a time) or an iterable."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        source = [bytes(source)]  # one chunk, as HashingReader takes it
+    read = getattr(source, "read", None)
+    if read is None:
+        assert isinstance(source, Iterable)
+        yield from (chunk for chunk in source if chunk)
+        return
+    while chunk := read(read_size):
+        yield chunk
 
 
 @contextlib.contextmanager

@@ -255,6 +255,57 @@ def test_the_chunk_reader_returns_exact_sizes_across_chunks():
     assert _read_in_thread(consume, chunks()) == [b"ab", b"cdef", b"ghi", b""]
 
 
+def test_the_chunk_reader_hands_out_chunks_as_they_came_after_a_read():
+    async def chunks() -> AsyncIterator[bytes]:
+        for part in (b"abc", b"", b"defgh", b"i" * 5000, b"j"):
+            yield part
+
+    def consume(reader: AsyncChunkReader) -> list[bytes]:
+        return [reader.read(2), *reader.iter_chunks()]
+
+    # no chunk is joined to the next or cut (only the read before took its two bytes)
+    assert _read_in_thread(consume, chunks()) == [b"ab", b"c", b"defgh", b"i" * 5000, b"j"]
+
+
+def test_the_chunk_reader_iterates_with_a_bounded_read_ahead():
+    produced: list[int] = []
+    consumed: list[int] = []
+    ahead: list[int] = []
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(30):
+            ahead.append(len(produced) - len(consumed))
+            produced.append(i)
+            yield bytes([i]) * 1000
+
+    def consume(reader: AsyncChunkReader) -> bytes:
+        parts = []
+        for chunk in reader.iter_chunks():
+            consumed.append(len(chunk))
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def main() -> bytes:
+        reader = AsyncChunkReader(chunks(), asyncio.get_running_loop(), prefetch=2000)
+        return await asyncio.to_thread(consume, reader)
+
+    assert run_async(main()) == b"".join(bytes([i]) * 1000 for i in range(30))
+    # the batch in the consumer's hands and the next one: two of 2,000 bytes each
+    assert max(ahead) <= 4
+
+
+def test_the_chunk_reader_iteration_raises_what_the_stream_raised():
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"x" * 10
+        raise ConnectionResetError("client went away")
+
+    def consume(reader: AsyncChunkReader) -> list[bytes]:
+        return list(reader.iter_chunks())
+
+    with pytest.raises(ConnectionResetError, match="went away"):
+        _read_in_thread(consume, chunks())
+
+
 def test_the_chunk_reader_refuses_to_block_the_event_loop():
     async def main() -> None:
         async def chunks() -> AsyncIterator[bytes]:

@@ -384,6 +384,24 @@ def test_staged_put_round_trips(storage: Storage, tmp_path: Path, total: int):
         assert head["ETag"].strip('"').endswith(f"-{-(-total // STAGED_PART_SIZE)}")
 
 
+def test_staged_put_receives_from_a_file_object_and_from_bytes(storage: Storage, tmp_path: Path):
+    data = os.urandom(STAGED_PART_SIZE + 3000)
+    source = tmp_path / "upload.bin"
+    source.write_bytes(data)
+    for key, given in [("from/file", None), ("from/bytes", data[:5000])]:
+        staged = storage.stage(key)
+        if given is None:
+            with open(source, "rb") as stream:
+                stored = staged.receive(stream, read_size=100_000)
+        else:
+            stored = staged.receive(given)
+        staged.finish()
+        staged.close(keep=True)
+        expected = data if given is None else given
+        assert (stored.size, stored.sha256) == (len(expected), hashlib.sha256(expected).hexdigest())
+        assert read_all(storage, key) == expected
+
+
 def test_staged_put_replaces_an_existing_object(storage: Storage):
     storage.put("release/bundle", [b"the old one, longer"])
     staged = stage_all(storage, "release/bundle", [b"new"])
