@@ -313,6 +313,7 @@ class RssSampler:
         self._stop = threading.Event()
         self.baseline = self.rss()
         self.peak = self.baseline
+        self.cpu_seconds = 0.0
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def rss(self) -> int:
@@ -322,6 +323,15 @@ class RssSampler:
                 total += process.memory_info().rss
         return total
 
+    def cpu(self) -> float:
+        """CPU seconds (user and system) the processes used so far."""
+        total = 0.0
+        for process in self._processes:
+            with suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
+
     def _run(self) -> None:
         while not self._stop.wait(RSS_INTERVAL):
             self.peak = max(self.peak, self.rss())
@@ -329,6 +339,7 @@ class RssSampler:
     def __enter__(self) -> RssSampler:
         self.baseline = self.rss()
         self.peak = self.baseline
+        self.cpu_seconds = -self.cpu()
         self._thread.start()
         return self
 
@@ -336,6 +347,7 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self.rss())
+        self.cpu_seconds += self.cpu()
 
     @property
     def growth(self) -> int:
@@ -349,6 +361,8 @@ class Run:
     sent_seconds: float | None = None
     #: boto3's CompleteMultipartUpload call alone (moto joins the parts there)
     complete_seconds: float | None = None
+    #: CPU time of the portal's server processes during the publish
+    cpu_seconds: float | None = None
 
 
 @dataclass
@@ -380,7 +394,9 @@ def publish_once(server: Server, token: str, bundle: Path) -> Run:
             raise RuntimeError(f"the portal stored {release['bundle_size']} bytes")
         client.request("DELETE", f"/apps/{APP_NAME}")
     sent = sent_at[0] - started if sent_at else None
-    return Run(seconds=seconds, rss_growth=rss.growth, sent_seconds=sent)
+    return Run(
+        seconds=seconds, rss_growth=rss.growth, sent_seconds=sent, cpu_seconds=rss.cpu_seconds
+    )
 
 
 def boto3_once(endpoint: str, bucket: str, bundle: Path) -> Run:
@@ -444,23 +460,24 @@ def _mb_per_s(size: int, seconds: float) -> float:
 def table(pairs: list[tuple[str, Target, Target]], size: int) -> str:
     lines = [
         "| storage | transfer | median time | throughput | share of reference "
-        "| peak RSS growth of the server | body sent after |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| peak RSS growth of the server | body sent after | server CPU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for storage, reference, portal in pairs:
         ref_seconds = reference.median(lambda r: r.seconds)
         role = "reference" if _has_share_target(storage) else "for orientation only"
         lines.append(
             f"| {storage} | {reference.name} ({role}) | {ref_seconds:.2f} s "
-            f"| {_mb_per_s(size, ref_seconds):,.0f} MB/s | 100 % | – | – |"
+            f"| {_mb_per_s(size, ref_seconds):,.0f} MB/s | 100 % | – | – | – |"
         )
         seconds = portal.median(lambda r: r.seconds)
         share = ref_seconds / seconds
         growth = portal.median(lambda r: r.rss_growth) / MB
         sent = portal.median(lambda r: r.sent_seconds)
+        cpu = portal.median(lambda r: r.cpu_seconds)
         lines.append(
             f"| {storage} | {portal.name} | {seconds:.2f} s | {_mb_per_s(size, seconds):,.0f} "
-            f"MB/s | {share:.0%} | {growth:,.1f} MB | {sent:.2f} s |"
+            f"MB/s | {share:.0%} | {growth:,.1f} MB | {sent:.2f} s | {cpu:.2f} s |"
         )
     return "\n".join(lines)
 
@@ -525,7 +542,8 @@ def report(pairs: list[tuple[str, Target, Target]], size: int, context: dict[str
             f"{context['repeat']} runs per row, medians shown; the portal's rows are "
             "`PortalClient.publish_bundle` until the release comes back (the portal "
             "validates the whole archive before it answers; *body sent after* is when the "
-            "last byte had left the client). One Granian process (ASGI, 1 worker) serves "
+            "last byte had left the client; *server CPU* is the user and system time of "
+            "the server's processes meanwhile). One Granian process (ASGI, 1 worker) serves "
             "`create_api()`; RSS is that process tree's, sampled every 10 ms, peak minus "
             "the value just before the request.",
             "",
@@ -614,7 +632,7 @@ def measure_backend(
                 + (f" (complete {complete:.2f} s)" if complete else "")
                 + f", portal "
                 f"{run.seconds:.2f} s (body sent after {run.sent_seconds or 0:.2f} s), "
-                f"RSS +{(run.rss_growth or 0) / MB:.1f} MB",
+                f"RSS +{(run.rss_growth or 0) / MB:.1f} MB, CPU {run.cpu_seconds or 0:.2f} s",
                 file=sys.stderr,
             )
         if args.profile:
