@@ -191,7 +191,10 @@ class _S3Staged(StagedPut):
     the multipart upload with the first). :meth:`finish` sends what is left, waits for
     every part and completes the upload; an object smaller than one part is sent with
     one plain PUT instead. Each part is read from the file while it is sent (and again
-    if botocore retries it), so memory stays flat however far S3 falls behind.
+    if botocore retries it), so memory stays flat however far S3 falls behind. The price
+    is CPU: botocore reads a part up to three times (its checksum, the SigV4 payload hash
+    on plain-http endpoints, the send), from the page cache; parts held in memory were
+    read once but cost memory per part in flight (docs/benchmarks.md).
     """
 
     def __init__(
