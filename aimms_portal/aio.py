@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -107,6 +107,28 @@ class AsyncChunkReader:
                 min(size, self._prefetch) if size > 0 else self._prefetch
             )
         return data
+
+    def iter_chunks(self) -> Iterator[bytes]:
+        """The rest of the stream chunk by chunk, as the iterator gave them (blocking).
+
+        Like :meth:`read`, but chunks are not joined into reads of a given size: a
+        consumer that takes any chunk size (hashing and writing a file, say) is spared
+        a copy of every byte. The loop gathers the next ``prefetch`` bytes (at least
+        one chunk) while the caller handles the last ones; the same bound holds.
+
+        Raises:
+            Exception: whatever the iterator raised (e.g. the client went away).
+        """
+        if self._pending:
+            data, self._pending = self._pending, b""
+            yield data
+        batch = self._prefetch or PREFETCH_BYTES
+        while not self._done:
+            future, self._ahead = self._ahead or self._gather_soon(batch), None
+            got, self._done = future.result()
+            if not self._done and self._prefetch > 0:
+                self._ahead = self._gather_soon(batch)
+            yield from got
 
     def close(self) -> None:
         """Stop a read-ahead still waiting on the iterator (safe to call more than once)."""

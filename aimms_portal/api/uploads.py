@@ -16,11 +16,12 @@ T = TypeVar("T")
 
 
 async def with_request_body(request: Request, fn: Callable[..., T], **kwargs: Any) -> T:
-    """Call ``fn(source=<reader of the body>, **kwargs)`` in a worker thread.
+    """Call ``fn(source=<the body's chunks>, **kwargs)`` in a worker thread.
 
-    The body is never held whole: the service pulls it chunk by chunk as it writes to
-    storage. A declared ``Content-Length`` above the limit is refused before a byte is
-    read; a body that grows past it is stopped by the service's own limit.
+    The body is never held whole: the service pulls it chunk by chunk, as the server
+    hands them out, while it writes to storage. A declared ``Content-Length`` above the
+    limit is refused before a byte is read; a body that grows past it is stopped by the
+    service's own limit.
     """
     limit = get_settings().upload_max_bytes
     declared = request.headers.get("content-length")
@@ -28,7 +29,7 @@ async def with_request_body(request: Request, fn: Callable[..., T], **kwargs: An
         raise TooLarge(f"The upload ({declared} bytes) exceeds the limit of {limit} bytes.")
     reader = AsyncChunkReader(request.stream(), asyncio.get_running_loop())
     try:
-        return await run_blocking(fn, source=reader, **kwargs)
+        return await run_blocking(fn, source=reader.iter_chunks(), **kwargs)
     finally:
         # a service that refused the body early leaves a read-ahead waiting for more
         reader.close()

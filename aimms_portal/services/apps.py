@@ -159,6 +159,7 @@ def publish_bundle(
                 private_pem = private_key_for(session, header.key)
         inspected = inspect_bundle(spool.path, private_pem=private_pem)
         manifest = inspected.manifest
+        spool.finish()  # (storage finished the object while the bundle was inspected)
 
         with session_scope() as session:
             app = session.exec(select(App).where(App.name == manifest.name)).first()

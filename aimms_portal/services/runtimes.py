@@ -81,6 +81,7 @@ def upload_runtime(
                 code="bad_signature",
             )
         manifest = inspect_runtime(spool.path)
+        spool.finish()  # (storage finished the object while the package was inspected)
 
         with session_scope() as session:
             _refuse_duplicate(session, manifest.name, manifest.version)

@@ -3,10 +3,15 @@
 Implementations stream in both directions (objects can be far larger than memory),
 compute the SHA-256 of what they store while it streams in, and never leave a partial
 object behind: a failed :meth:`Storage.put` stores nothing.
+
+Besides :meth:`Storage.put`, an upload that must be inspected before it is accepted
+goes through :meth:`Storage.stage`: its bytes land in a local file that storage sends
+on while it grows, and that stays readable while storage finishes the object.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from abc import ABC, abstractmethod
@@ -15,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from aimms_portal.errors import InvalidInput, TooLarge
+from aimms_portal.errors import InvalidInput, TooLarge, Unavailable
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -149,6 +154,109 @@ class HashingReader:
         return bytes(data)
 
 
+class StagedPut(ABC):
+    """An object on its way into storage from a local file that is still being written.
+
+    Made by :meth:`Storage.stage`. :meth:`receive` writes the object's bytes into
+    :attr:`path`, hashing and counting them, and reports every write to :meth:`written`,
+    so remote storage sends complete parts of the file while the rest still arrives.
+    Once the file is complete, :meth:`finish` stores the object under :attr:`key`.
+    :meth:`close` ends the staging: the local file goes, and unless the object is kept,
+    so does the object (or whatever was sent of it). Nothing half-written stays behind.
+
+    :attr:`path` stays in place and readable until :meth:`close`, also while
+    :meth:`finish` runs on another thread: the upload can be inspected while storage
+    finishes it. Calls must not overlap otherwise (one thread at a time).
+    """
+
+    def __init__(self, key: str, path: Path, max_bytes: int | None) -> None:
+        self.key = key
+        #: The local file of the object's bytes: read it only.
+        self.path = path
+        self.max_bytes = max_bytes
+        self.finished = False
+
+    def receive(
+        self, source: Readable | Iterable[bytes], *, read_size: int = CHUNK_SIZE
+    ) -> StoredObject:
+        """Write everything ``source`` gives into :attr:`path`; its size and SHA-256.
+
+        A readable is read ``read_size`` bytes at a time; chunks of an iterable are
+        taken as they come (joining them into reads of one size would copy every byte).
+
+        Raises:
+            TooLarge: the source gave more than ``max_bytes``.
+            Unavailable: the local file cannot be written, or sending parts failed.
+            Exception: whatever the source raised (e.g. the client went away).
+        """
+        digest = hashlib.sha256()
+        size = 0
+        with _local_file_errors(self.key):
+            out = open(self.path, "wb")  # noqa: SIM115 (closed by the block below)
+        with out:
+            for chunk in _chunks(source, read_size):
+                size += len(chunk)
+                if self.max_bytes is not None and size > self.max_bytes:
+                    raise TooLarge(f"The upload exceeds the limit of {self.max_bytes} bytes.")
+                digest.update(chunk)
+                with _local_file_errors(self.key):
+                    out.write(chunk)
+                    out.flush()  # written() may hand these bytes to other readers
+                self.written(size)
+        return StoredObject(key=self.key, size=size, sha256=digest.hexdigest())
+
+    @abstractmethod
+    def written(self, size: int) -> None:
+        """The file holds its final first ``size`` bytes now (``size`` never shrinks).
+
+        Raises:
+            Unavailable: storage already failed to take a part (no use sending more).
+        """
+
+    @abstractmethod
+    def finish(self) -> None:
+        """The file is complete: store the object under :attr:`key`; blocks until it is.
+
+        Raises:
+            Unavailable: the backend failed; :meth:`close` removes what was sent.
+        """
+
+    @abstractmethod
+    def close(self, *, keep: bool) -> None:
+        """Remove the local file and, unless ``keep``, the object and any part of it.
+
+        Safe to call more than once.
+
+        Raises:
+            RuntimeError: ``keep`` without a successful :meth:`finish` (nothing is kept).
+            Unavailable: what was sent could not be removed.
+        """
+
+
+def _chunks(source: Readable | Iterable[bytes], read_size: int) -> Iterator[bytes]:
+    """The non-empty chunks of a readable (``read_size`` at a time) or an iterable."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        source = [bytes(source)]  # one chunk, as HashingReader takes it
+    read = getattr(source, "read", None)
+    if read is None:
+        assert isinstance(source, Iterable)
+        yield from (chunk for chunk in source if chunk)
+        return
+    while chunk := read(read_size):
+        yield chunk
+
+
+@contextlib.contextmanager
+def _local_file_errors(key: str) -> Iterator[None]:
+    """A failing local file (disk full, ...) is the portal's problem, not the input's."""
+    try:
+        yield
+    except OSError as exc:
+        raise Unavailable(
+            "The upload cannot be written to local disk.", log_detail=f"{key}: {exc}"
+        ) from exc
+
+
 class Storage(ABC):
     """Objects under keys. All methods block; call them off the event loop."""
 
@@ -171,13 +279,20 @@ class Storage(ABC):
             NotFound: no object under ``key``.
         """
 
-    def local_path(self, key: str) -> Path | None:
-        """The file that holds the object, if this storage keeps objects as local files.
+    @abstractmethod
+    def stage(
+        self, key: str, *, max_bytes: int | None = None, spool_dir: Path | None = None
+    ) -> StagedPut:
+        """Begin storing an object under ``key`` from a local file (see :class:`StagedPut`).
 
-        None for remote storage. The file may only be read: objects are immutable. It
-        lets a caller inspect an object it just stored without a copy of its own.
+        Its :meth:`~StagedPut.receive` refuses more than ``max_bytes``. Remote storage
+        keeps the file in ``spool_dir`` (default: the temporary folder); a local folder
+        keeps it beside its objects, so the bytes are written only once.
+
+        Raises:
+            InvalidInput: the key is invalid.
+            Unavailable: no local file can be made.
         """
-        return None
 
     def iter_chunks(self, key: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
         """The object as a sequence of chunks (for streaming responses)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -17,6 +18,7 @@ from aimms_portal.storage.base import (
     HashingReader,
     ObjectInfo,
     Readable,
+    StagedPut,
     Storage,
     StoredObject,
     check_key,
@@ -70,8 +72,10 @@ class LocalStorage(Storage):
         logger.debug("stored %s (%d bytes)", key, reader.size)
         return StoredObject(key=key, size=reader.size, sha256=reader.sha256)
 
-    def local_path(self, key: str) -> Path:
-        return self._path(key)
+    def stage(
+        self, key: str, *, max_bytes: int | None = None, spool_dir: Path | None = None
+    ) -> StagedPut:
+        return _LocalStaged(self, key, max_bytes)
 
     def open(self, key: str) -> BinaryIO:
         try:
@@ -122,6 +126,73 @@ class LocalStorage(Storage):
     def free_bytes(self) -> int:
         """Free space on the storage folder's file system."""
         return shutil.disk_usage(self.root).free
+
+
+#: What os.link raises where a file system has no hard links.
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS}
+
+
+class _LocalStaged(StagedPut):
+    """A staged object in the folder's temporary area, linked into place by :meth:`finish`.
+
+    The bytes are written once, beside the objects (no copy elsewhere). :meth:`finish`
+    syncs the file and gives it the object's name through a second hard link, so the
+    staged file itself stays where it is for whoever still reads it; the object appears
+    at once, complete (the link is renamed over the key).
+    """
+
+    def __init__(self, storage: LocalStorage, key: str, max_bytes: int | None) -> None:
+        self._storage = storage
+        self._target = storage._path(key)
+        incoming = storage.root / _TMP
+        path = incoming / uuid.uuid4().hex
+        with _folder_errors(key):
+            incoming.mkdir(parents=True, exist_ok=True)
+            path.touch(exist_ok=False)
+        super().__init__(key, path, max_bytes)
+
+    def written(self, size: int) -> None:
+        pass  # the bytes are where they belong already
+
+    def finish(self) -> None:
+        link = self._storage.root / _TMP / uuid.uuid4().hex
+        try:
+            with _folder_errors(self.key):
+                with open(self.path, "rb") as staged:
+                    os.fsync(staged.fileno())
+                _link_or_copy(self.path, link)
+                self._target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(link, self._target)
+        except BaseException:
+            with contextlib.suppress(OSError):  # keep the first error, not the clean-up's
+                link.unlink(missing_ok=True)
+            raise
+        self.finished = True
+        logger.debug("stored %s (staged)", self.key)
+
+    def close(self, *, keep: bool) -> None:
+        unfinished = keep and not self.finished
+        keep = keep and not unfinished
+        try:
+            if not keep and self.finished:
+                self._storage.delete(self.key)
+                self.finished = False
+        finally:
+            self.path.unlink(missing_ok=True)
+        if unfinished:
+            raise RuntimeError(f"{self.key}: only a finished object can be kept")
+
+
+def _link_or_copy(source: Path, link: Path) -> None:
+    """A second name for ``source``; a synced copy where the file system has no links."""
+    try:
+        os.link(source, link)
+    except OSError as exc:
+        if exc.errno not in _NO_LINKS:
+            raise
+        shutil.copyfile(source, link)
+        with open(link, "rb") as copy:
+            os.fsync(copy.fileno())
 
 
 @contextlib.contextmanager

@@ -34,7 +34,9 @@ from aimms_portal.models import Release, Role, RuntimeVersion, User
 from aimms_portal.packages import pack_app, signing, write_zip
 from aimms_portal.services import apps, runtimes
 from aimms_portal.services.uploads import Spool
-from aimms_portal.storage import get_storage
+from aimms_portal.storage import Storage, get_storage
+from aimms_portal.storage.local import LocalStorage
+from aimms_portal.storage.s3 import S3Storage
 from tests import publishing
 from tests.api.support import API, quick_user
 from tests.corpus import CORPUS_DIR, TEST_SIGNING_KEY_FILE
@@ -253,6 +255,57 @@ def test_the_chunk_reader_returns_exact_sizes_across_chunks():
     assert _read_in_thread(consume, chunks()) == [b"ab", b"cdef", b"ghi", b""]
 
 
+def test_the_chunk_reader_hands_out_chunks_as_they_came_after_a_read():
+    async def chunks() -> AsyncIterator[bytes]:
+        for part in (b"abc", b"", b"defgh", b"i" * 5000, b"j"):
+            yield part
+
+    def consume(reader: AsyncChunkReader) -> list[bytes]:
+        return [reader.read(2), *reader.iter_chunks()]
+
+    # no chunk is joined to the next or cut (only the read before took its two bytes)
+    assert _read_in_thread(consume, chunks()) == [b"ab", b"c", b"defgh", b"i" * 5000, b"j"]
+
+
+def test_the_chunk_reader_iterates_with_a_bounded_read_ahead():
+    produced: list[int] = []
+    consumed: list[int] = []
+    ahead: list[int] = []
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(30):
+            ahead.append(len(produced) - len(consumed))
+            produced.append(i)
+            yield bytes([i]) * 1000
+
+    def consume(reader: AsyncChunkReader) -> bytes:
+        parts = []
+        for chunk in reader.iter_chunks():
+            consumed.append(len(chunk))
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def main() -> bytes:
+        reader = AsyncChunkReader(chunks(), asyncio.get_running_loop(), prefetch=2000)
+        return await asyncio.to_thread(consume, reader)
+
+    assert run_async(main()) == b"".join(bytes([i]) * 1000 for i in range(30))
+    # the batch in the consumer's hands and the next one: two of 2,000 bytes each
+    assert max(ahead) <= 4
+
+
+def test_the_chunk_reader_iteration_raises_what_the_stream_raised():
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"x" * 10
+        raise ConnectionResetError("client went away")
+
+    def consume(reader: AsyncChunkReader) -> list[bytes]:
+        return list(reader.iter_chunks())
+
+    with pytest.raises(ConnectionResetError, match="went away"):
+        _read_in_thread(consume, chunks())
+
+
 def test_the_chunk_reader_refuses_to_block_the_event_loop():
     async def main() -> None:
         async def chunks() -> AsyncIterator[bytes]:
@@ -268,9 +321,24 @@ def test_the_chunk_reader_refuses_to_block_the_event_loop():
 # -- Spool -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def store(db: None) -> Any:
-    return get_storage()
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    """A local folder, or a bucket on moto's S3 server (whose spool goes to a folder)."""
+    if request.param == "local":
+        return LocalStorage(tmp_path / "storage")
+    endpoint, bucket = request.getfixturevalue("s3_bucket")
+    return S3Storage(bucket, "spooled", endpoint_url=endpoint)
+
+
+def _assert_left_nothing(store: Storage, spool_dir: Path) -> None:
+    """No object, no unfinished multipart upload, no staged or spooled file."""
+    assert list(store.list()) == []
+    if isinstance(store, S3Storage):
+        assert store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", []) == []
+    else:
+        assert isinstance(store, LocalStorage)
+        assert [p for p in store.root.rglob("*") if p.is_file()] == []
+    assert not spool_dir.exists() or list(spool_dir.iterdir()) == []
 
 
 def test_a_spool_not_kept_leaves_nothing(store, tmp_path):
@@ -282,39 +350,72 @@ def test_a_spool_not_kept_leaves_nothing(store, tmp_path):
         stored = spool.receive([b"hello ", b"world"])
         assert spool.path.read_bytes() == b"hello world"
         assert stored.sha256 == hashlib.sha256(b"hello world").hexdigest()
+        spool.finish()
         assert store.exists("bundles/x")
         raise InvalidInput("refused after looking", code="invalid_archive")
 
-    assert not store.exists("bundles/x")
-    assert list(spool_dir.iterdir()) == []
+    _assert_left_nothing(store, spool_dir)
+
+
+def test_a_spool_refused_while_storage_finishes_leaves_nothing(store, tmp_path):
+    # refused before finish(): the object being finished in the background is removed
+    spool_dir = tmp_path / "spool"
+    with (
+        pytest.raises(InvalidInput),
+        Spool(store, "bundles/x", max_bytes=BIG, spool_dir=spool_dir) as spool,
+    ):
+        spool.receive(chunks_of_size(20 * MIB + 5))
+        raise InvalidInput("refused after looking", code="invalid_archive")
+
+    _assert_left_nothing(store, spool_dir)
 
 
 def test_a_spool_over_its_limit_keeps_nothing(store, tmp_path):
     spool_dir = tmp_path / "spool"
     with (
         pytest.raises(TooLarge),
-        Spool(store, "bundles/x", max_bytes=10, spool_dir=spool_dir) as spool,
+        Spool(store, "bundles/x", max_bytes=20 * MIB, spool_dir=spool_dir) as spool,
     ):
-        spool.receive(iter([b"0123456789", b"!"]))
+        spool.receive(chunks_of_size(20 * MIB + 1))
 
-    assert list(store.list()) == []
-    assert list(spool_dir.iterdir()) == []
+    _assert_left_nothing(store, spool_dir)
 
 
 def test_a_kept_spool_keeps_the_object_but_not_the_local_copy(store, tmp_path):
     spool_dir = tmp_path / "spool"
-    with Spool(store, "bundles/x", max_bytes=MIB, spool_dir=spool_dir) as spool:
-        spool.receive(iter([b"kept"]))
+    total = 20 * MIB + 5  # several parts on S3, the last one short
+    with Spool(store, "bundles/x", max_bytes=BIG, spool_dir=spool_dir) as spool:
+        stored = spool.receive(chunks_of_size(total))
+        spool.finish()
+        # still readable once stored: inspecting may go on while storage finishes
+        assert _sha256_of(spool.path) == stored.sha256
         spool.keep()
 
-    with store.open("bundles/x") as stream:
-        assert stream.read() == b"kept"
-    assert list(spool_dir.iterdir()) == []
+    assert [(o.key, o.size) for o in store.list()] == [("bundles/x", total)]
+    digest = hashlib.sha256()
+    for chunk in store.iter_chunks("bundles/x"):
+        digest.update(chunk)
+    assert digest.hexdigest() == stored.sha256
+    assert not spool_dir.exists() or list(spool_dir.iterdir()) == []
+    if isinstance(store, LocalStorage):
+        assert [p for p in (store.root / ".incoming").iterdir()] == []
+
+
+def test_a_spool_cannot_be_kept_before_it_is_finished(store, tmp_path):
+    spool_dir = tmp_path / "spool"
+    with (
+        pytest.raises(RuntimeError, match="finish"),
+        Spool(store, "bundles/x", max_bytes=MIB, spool_dir=spool_dir) as spool,
+    ):
+        spool.receive([b"not yet"])
+        spool.keep()
+
+    _assert_left_nothing(store, spool_dir)
 
 
 def test_a_source_that_fails_midway_leaves_nothing(store, tmp_path):
     def dropped() -> Iterator[bytes]:
-        yield b"x" * MIB
+        yield from chunks_of_size(20 * MIB)  # on S3, parts are on their way by now
         raise ConnectionResetError("client went away")
 
     spool_dir = tmp_path / "spool"
@@ -324,8 +425,20 @@ def test_a_source_that_fails_midway_leaves_nothing(store, tmp_path):
     ):
         spool.receive(dropped())
 
-    assert list(store.list()) == []
-    assert list(spool_dir.iterdir()) == []
+    _assert_left_nothing(store, spool_dir)
+
+
+def chunks_of_size(total: int, size: int = MIB) -> Iterator[bytes]:
+    """``total`` bytes in chunks of ``size``, each chunk different."""
+    for number, offset in enumerate(range(0, total, size)):
+        yield bytes([number % 251]) * min(size, total - offset)
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks_of(path):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def test_concurrent_publishes_of_one_version_record_one_release(with_runtime, tmp_path):
