@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +82,18 @@ def get_engine() -> Engine:
     return make_engine(url)
 
 
+_reset_hooks: list[Callable[[], None]] = []
+
+
+def on_engine_reset(hook: Callable[[], None]) -> None:
+    """Call ``hook`` whenever :func:`reset_engine` forgets the engine (before it goes)."""
+    _reset_hooks.append(hook)
+
+
 def reset_engine() -> None:
     """Forget the engine (tests switch databases between runs)."""
+    for hook in _reset_hooks:
+        hook()
     if get_engine.cache_info().currsize:
         get_engine().dispose()
     get_engine.cache_clear()

@@ -21,10 +21,12 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
 from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aimms_portal.api import API_PREFIX, proxy
+from aimms_portal.api.lean import LeanRoute
 from aimms_portal.api.routes import (
     apps,
     audit,
@@ -264,6 +266,25 @@ def _openapi_document() -> dict[str, Any]:
     return described.openapi()
 
 
+def _match_lean_routes_first(routes: list[BaseRoute]) -> None:
+    """Move the lean routes (the hot reads, see ``api/lean.py``) to the front of ``routes``.
+
+    Each route tried before the right one costs about 1.5 µs; the lean routes are the
+    ones called most. Moving one is safe only if no route before it matches its
+    paths, which is checked here (an error at start-up otherwise).
+    """
+    lean = [route for route in routes if isinstance(route, LeanRoute)]
+    for route in lean:
+        index = routes.index(route)
+        probe = {"type": "http", "path": route.path_format, "root_path": "", "method": "GET"}
+        if "{" in route.path_format:
+            raise ValueError(f"lean route {route.path} has path parameters; keep it in place")
+        for earlier in routes[:index]:
+            if earlier.matches(probe)[0] is not Match.NONE:
+                raise ValueError(f"{earlier} would answer {route.path} before its lean route")
+    routes[:] = lean + [route for route in routes if not isinstance(route, LeanRoute)]
+
+
 def create_api() -> FastAPI:
     """The REST API with the operations routes, error handlers and metrics."""
 
@@ -295,6 +316,7 @@ def create_api() -> FastAPI:
     for router in routers:
         api.router.routes.extend(router.routes)
     api.router.routes.extend(proxy.router.routes)
+    _match_lean_routes_first(api.router.routes)
     api.openapi = functools.cache(_openapi_document)  # type: ignore[method-assign]
     _add_docs(api)
 
