@@ -177,8 +177,8 @@ class ChangeFeed:
         self._url = database_url
         self._lock = threading.Lock()
         self._conn: Any = None
-        #: Polls the connection's socket for input; replaced with the connection.
-        self._poller: select.poll | None = None
+        #: Per thread: the connection and a poll object on its socket.
+        self._local = threading.local()
         self._alive_until = 0.0
         self._stop = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -203,25 +203,36 @@ class ChangeFeed:
         """Handle notifications that already arrived; whether caches may answer now.
 
         Called before every cached answer, so a notification waiting in the socket is
-        never overtaken by a request, however busy the feed's thread is.
+        never overtaken by a request, however busy the feed's thread is. Never raises:
+        whatever goes wrong means "answer from the database".
         """
-        poller = self._poller
-        if poller is None or not self.usable():
-            return False
-        if not poller.poll(0):
-            return True  # nothing waiting (the common case: no lock, one system call)
-        if not self._lock.acquire(timeout=LOCK_WAIT_SECONDS):
-            return False  # the feed is busy with its connection: answer from the database
         try:
             conn = self._conn
-            if conn is None:
+            if conn is None or not self.usable():
                 return False
-            self._receive(conn)
-            return self.usable()
+            if not self._poller_for(conn).poll(0):
+                return True  # nothing waiting (the common case: no lock, one system call)
+            if not self._lock.acquire(timeout=LOCK_WAIT_SECONDS):
+                return False  # the feed is busy with its connection
+            try:
+                if self._conn is not conn:
+                    return False
+                self._receive(conn)
+                return self.usable()
+            finally:
+                self._lock.release()
         except Exception:  # the connection broke: the feed's thread reconnects
             return False
-        finally:
-            self._lock.release()
+
+    def _poller_for(self, conn: Any) -> select.poll:
+        # a poll object must not be used by two threads at once: one per thread
+        local = self._local
+        if getattr(local, "conn", None) is not conn:
+            local.poller = select.poll()
+            local.poller.register(conn.fileno(), select.POLLIN)
+            local.conn = conn
+        poller: select.poll = local.poller
+        return poller
 
     def _connect(self) -> Any:
         import psycopg2
@@ -277,10 +288,8 @@ class ChangeFeed:
             pause = 0.5
             # whatever changed while nobody listened is unknown: start from empty caches
             _invalidate(None)
-            poller = select.poll()
-            poller.register(conn.fileno(), select.POLLIN)
             with self._lock:
-                self._conn, self._poller = conn, poller
+                self._conn = conn
                 self._heartbeat(conn)
             logger.info("change feed listening; caches on")
             try:
@@ -289,7 +298,7 @@ class ChangeFeed:
                 logger.warning("change feed lost its connection (%s); caches off", exc)
             finally:
                 with self._lock:
-                    self._conn, self._poller = None, None
+                    self._conn = None
                     self._alive_until = 0.0
                 _invalidate(None)
                 with contextlib.suppress(Exception):  # closing a broken connection
