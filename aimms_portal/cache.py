@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 #: The PostgreSQL channel the triggers notify; the payload is the table's name.
 CHANNEL = "aimms_portal_changes"
+#: How the feed's connection shows in ``pg_stat_activity``.
+APPLICATION_NAME = "aimms_portal change feed"
 #: The feed notifies itself this often to prove that notifications still arrive.
 HEARTBEAT_SECONDS = 1.0
 #: Caches are bypassed when the feed has heard nothing (not even its heartbeat) for
@@ -224,6 +226,19 @@ class ChangeFeed:
         except Exception:  # the connection broke: the feed's thread reconnects
             return False
 
+    def sync(self) -> bool:
+        """Apply every change committed before this call to the caches (one round trip):
+        the feed's own notification comes after all of them. Whether the feed listens."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                return False
+            try:
+                self._heartbeat(conn)
+            except Exception:
+                return False  # the feed's thread notices and reconnects
+        return self.usable()
+
     def _poller_for(self, conn: Any) -> select.poll:
         # a poll object must not be used by two threads at once: one per thread
         local = self._local
@@ -238,19 +253,22 @@ class ChangeFeed:
         import psycopg2
 
         url = make_url(self._url)
+        options: dict[str, Any] = {
+            "connect_timeout": 5,
+            # a connection that dies without a reset is found within seconds, not hours
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 2,
+            "application_name": APPLICATION_NAME,
+        }
         conn = psycopg2.connect(
             host=url.host,
             port=url.port,
             user=url.username,
             password=url.password,
             dbname=url.database,
-            connect_timeout=5,
-            # a connection that dies without a reset is found within seconds, not hours
-            keepalives=1,
-            keepalives_idle=5,
-            keepalives_interval=2,
-            keepalives_count=2,
-            **dict(url.query),
+            **(options | dict(url.query)),
         )
         conn.set_session(autocommit=True)
         with conn.cursor() as cursor:
