@@ -38,7 +38,6 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import cachetools
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
@@ -103,11 +102,13 @@ def _invalidate(tables: Iterable[str] | None) -> None:
 
 
 class ExactCache(Generic[K, V]):
-    """A bounded cache (least recently used out) of results read from ``tables``.
+    """A bounded cache of results read from ``tables``.
 
     Use it as: ``stamp = cache.stamp()`` before reading the database, then
     ``cache.put(key, value, stamp)``; ``cache.get(key)`` answers only while the change
-    feed listens. Thread-safe. Values are shared between callers: never change one.
+    feed listens. Thread-safe; reads take no lock (a plain dictionary lookup, atomic in
+    CPython), writers do. When full, the oldest entry goes: an order of use would cost
+    every read a write. Values are shared between callers: never change one.
     """
 
     def __init__(self, name: str, *, tables: Iterable[str], maxsize: int) -> None:
@@ -116,7 +117,8 @@ class ExactCache(Generic[K, V]):
             raise ValueError(f"no change notifications for tables {sorted(unknown)}")
         self.name = name
         self.tables = frozenset(tables)
-        self._entries: cachetools.LRUCache[K, V] = cachetools.LRUCache(maxsize)
+        self.maxsize = maxsize
+        self._entries: dict[K, V] = {}
         self._lock = threading.Lock()
         self._generation = 0
         with _caches_lock:
@@ -127,8 +129,7 @@ class ExactCache(Generic[K, V]):
         feed = current_feed()
         if feed is None or not feed.catch_up():
             return None
-        with self._lock:
-            return self._entries.get(key)
+        return self._entries.get(key)
 
     def stamp(self) -> int | None:
         """Take before reading what will be :meth:`put`; ``None`` when not caching."""
@@ -144,6 +145,8 @@ class ExactCache(Generic[K, V]):
         feed = current_feed()
         with self._lock:
             if stamp == self._generation and feed is not None and feed.usable():
+                if len(self._entries) >= self.maxsize and key not in self._entries:
+                    del self._entries[next(iter(self._entries))]
                 self._entries[key] = value
 
     def put_after_commit(self, session: Session, key: K, value: V, stamp: int | None) -> None:

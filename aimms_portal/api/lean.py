@@ -1,24 +1,28 @@
 """Routes that FastAPI describes but that answer without FastAPI's per-request engine.
 
-For every request FastAPI solves the endpoint's parameters and dependencies through a
-general engine and then validates and encodes what the endpoint returned: about 70 µs
-of CPU for a route with one dependency, and as much again for five query parameters,
-measured in process (``bench/asgi_overhead.py``). For the API's hottest read routes,
-answered from a cache, that was most of their time. A :class:`LeanRoute` is declared
-like any other route (its parameters and response model make the OpenAPI document), but
-a small handler made once per route provides the endpoint's parameters, and supports
-only what those routes need:
+For the API's hottest read routes, answered from caches (``GET /me``, ``GET /users``),
+FastAPI's own work per request was most of their time: matching the path against the
+route list, the layers of its middleware stack, solving the endpoint's parameters and
+dependencies through its general engine (about 70 µs of CPU for a route with one
+dependency, as much again for five query parameters) and validating and encoding what
+the endpoint returned (measured in process, ``bench/asgi_overhead.py``).
 
-- ``Annotated[T, Depends(fn)]`` where ``fn`` is ``async def fn(request: Request)``;
-- ``Annotated[M, Query()]`` where ``M`` is a frozen pydantic model: checked with
-  ``M.model_validate`` against the query string (the models of recent query strings
-  are kept); a failure raises the same :class:`RequestValidationError` (locations
-  ``("query", field)``) as FastAPI would;
-- the :class:`Request` itself.
+A :class:`LeanRoute` is declared like any other route, so its parameters and response
+model make the OpenAPI document, but:
 
-The endpoint must be a coroutine that returns a :class:`Response`, i.e. encodes its own
-body from a pydantic model. Anything else is refused when the route is created, so a
-parameter is never silently left out.
+- a small handler made once per route provides the endpoint's parameters, and supports
+  only what those routes need: ``Annotated[T, Depends(fn)]`` where ``fn`` is
+  ``async def fn(request: Request)``; ``Annotated[M, Query()]`` where ``M`` is a frozen
+  pydantic model, checked with ``M.model_validate`` against the query string (the
+  models of recent query strings are kept), a failure raising the same
+  :class:`RequestValidationError` (locations ``("query", field)``) as FastAPI would;
+  and the :class:`Request` itself. The endpoint must be a coroutine that returns a
+  :class:`Response`, i.e. encodes its own body. Anything else is refused when the route
+  is created, so a parameter is never silently left out;
+- :class:`LeanRouter`, a middleware in front of FastAPI's router (as the proxy's
+  ``SessionProxy`` is), sends a ``GET`` for a lean route's exact path straight to it,
+  under the app's own exception handlers. Everything else, a ``HEAD`` for the same
+  path included, goes through the router, which serves the same route the usual way.
 """
 
 from __future__ import annotations
@@ -29,14 +33,16 @@ import typing
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, params
+from fastapi import APIRouter, FastAPI, params
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import QueryParams
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import request_response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 Provider = Callable[[Request], Awaitable[Any]]
 E = TypeVar("E", bound=Callable[..., Any])
@@ -50,12 +56,58 @@ class LeanRoute(APIRoute):
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
-        # Starlette's wrapper: FastAPI's adds two exit stacks per request for
-        # dependencies with ``yield``, which a lean route does not have
-        self.app = request_response(self.get_route_handler())
+        self._handler = self.get_route_handler()
+        # through the router: Starlette's wrapper (FastAPI's adds two exit stacks per
+        # request for dependencies with ``yield``, which a lean route does not have)
+        self.app = request_response(self._handler)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         return lean_handler(self.endpoint)
+
+    async def answer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve a request that :class:`LeanRouter` sent here; exceptions propagate."""
+        response = await self._handler(Request(scope, receive, send))
+        await response(scope, receive, send)
+
+
+class LeanRouter:
+    """ASGI middleware: ``GET`` requests for a lean route's exact path go straight to it.
+
+    It answers only what FastAPI's router would have given the same route: the lean
+    routes come first in the app's route list (``create_api`` checks that no route before
+    them matches their paths), and a request under a ``root_path`` goes on to the router.
+    Exceptions meet the app's exception handlers, in an :class:`ExceptionMiddleware` of
+    their own, as they would behind the router; what those do not handle propagates
+    to the app's error middleware outside.
+    """
+
+    def __init__(self, app: ASGIApp, *, api: FastAPI) -> None:
+        self.app = app
+        # built at the first request, when every route and handler is in place
+        self._routes = {
+            route.path: route for route in api.router.routes if isinstance(route, LeanRoute)
+        }
+        # as FastAPI splits them: 500 and Exception go to the error middleware outside
+        handlers = {
+            key: handler
+            for key, handler in api.exception_handlers.items()
+            if key not in (500, Exception)
+        }
+        self._answer = ExceptionMiddleware(self._dispatch, handlers=handlers, debug=api.debug)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and not scope.get("root_path"):
+            route = self._routes.get(scope["path"])
+            if route is not None:
+                # what the router would have set (the metrics read "route")
+                scope.update(route=route, endpoint=route.endpoint, path_params={})
+                await self._answer(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+        await scope["route"].answer(scope, receive, send)
 
 
 def lean_handler(
