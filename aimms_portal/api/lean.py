@@ -37,8 +37,9 @@ from fastapi import APIRouter, FastAPI, params
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import QueryParams
-from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import request_response
@@ -56,18 +57,14 @@ class LeanRoute(APIRoute):
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
-        self._handler = self.get_route_handler()
+        #: The endpoint's answer to a request (raises what the endpoint raises).
+        self.respond = self.get_route_handler()
         # through the router: Starlette's wrapper (FastAPI's adds two exit stacks per
         # request for dependencies with ``yield``, which a lean route does not have)
-        self.app = request_response(self._handler)
+        self.app = request_response(self.respond)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         return lean_handler(self.endpoint)
-
-    async def answer(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve a request that :class:`LeanRouter` sent here; exceptions propagate."""
-        response = await self._handler(Request(scope, receive, send))
-        await response(scope, receive, send)
 
 
 class LeanRouter:
@@ -76,9 +73,11 @@ class LeanRouter:
     It answers only what FastAPI's router would have given the same route: the lean
     routes come first in the app's route list (``create_api`` checks that no route before
     them matches their paths), and a request under a ``root_path`` goes on to the router.
-    Exceptions meet the app's exception handlers, in an :class:`ExceptionMiddleware` of
-    their own, as they would behind the router; what those do not handle propagates
-    to the app's error middleware outside.
+    An exception from the endpoint meets the app's exception handlers, looked up as
+    Starlette's exception middleware looks them up (a handler for the status of an
+    :class:`HTTPException`, then one for the exception's class or a base); what no handler
+    takes propagates to the app's error middleware outside. The endpoint has built the
+    whole answer before anything is sent, so an error answer never follows part of another.
     """
 
     def __init__(self, app: ASGIApp, *, api: FastAPI) -> None:
@@ -88,12 +87,11 @@ class LeanRouter:
             route.path: route for route in api.router.routes if isinstance(route, LeanRoute)
         }
         # as FastAPI splits them: 500 and Exception go to the error middleware outside
-        handlers = {
+        self._handlers = {
             key: handler
             for key, handler in api.exception_handlers.items()
             if key not in (500, Exception)
         }
-        self._answer = ExceptionMiddleware(self._dispatch, handlers=handlers, debug=api.debug)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET" and not scope.get("root_path"):
@@ -101,13 +99,31 @@ class LeanRouter:
             if route is not None:
                 # what the router would have set (the metrics read "route")
                 scope.update(route=route, endpoint=route.endpoint, path_params={})
-                await self._answer(scope, receive, send)
+                request = Request(scope, receive, send)
+                try:
+                    response = await route.respond(request)
+                except Exception as exc:
+                    response = await self._handle(request, exc)
+                await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
-    @staticmethod
-    async def _dispatch(scope: Scope, receive: Receive, send: Send) -> None:
-        await scope["route"].answer(scope, receive, send)
+    async def _handle(self, request: Request, exc: Exception) -> Response:
+        handler = None
+        if isinstance(exc, StarletteHTTPException):
+            handler = self._handlers.get(exc.status_code)
+        if handler is None:
+            handler = next(
+                (self._handlers[cls] for cls in type(exc).__mro__ if cls in self._handlers), None
+            )
+        if handler is None:
+            raise exc
+        if inspect.iscoroutinefunction(handler):
+            response = await handler(request, exc)
+        else:
+            response = await run_in_threadpool(handler, request, exc)
+        assert isinstance(response, Response)
+        return response
 
 
 def lean_handler(
