@@ -155,6 +155,15 @@ class ExactCache(Generic[K, V]):
         if stamp is not None:
             session.info.setdefault(_PENDING_KEY, []).append((self, key, value, stamp))
 
+    def swap(self, key: K, old: V, new: V) -> bool:
+        """Replace the entry ``old`` of ``key`` with ``new``, which must hold the same
+        data (e.g. other bookkeeping), if ``old`` is still there; whether it was."""
+        with self._lock:
+            if self._entries.get(key) is not old:
+                return False
+            self._entries[key] = new
+            return True
+
     def discard(self, key: K) -> None:
         with self._lock:
             self._entries.pop(key, None)

@@ -61,10 +61,13 @@ def _bearer(request: Request) -> str | None:
     return value.strip()
 
 
+_ADMIN = Role.admin.value
+
+
 def _effective_user(caller: Caller) -> User:
     # a token without the admin scope acts with at most publisher rights
     user = caller.user
-    if caller.scopes is not None and "admin" not in caller.scopes and user.is_admin:
+    if caller.scopes is not None and "admin" not in caller.scopes and user.role == _ADMIN:
         return User.model_validate(user.model_dump() | {"role": Role.publisher.value})
     return user
 
@@ -110,9 +113,9 @@ RunnerDep = Annotated[runner_ops.RunnerSession, Depends(get_runner)]
 def _caller_from_database(token: str | None, session_secret: str | None) -> Caller:
     with session_scope() as session:
         if token is not None:
-            return auth.caller_from_token(session, token)
+            return auth.caller_from_token(session, token, cache=False)
         assert session_secret is not None
-        return auth.caller_from_session(session, session_secret)
+        return auth.caller_from_session(session, session_secret, cache=False)
 
 
 async def get_caller(request: Request) -> Caller:
@@ -133,7 +136,7 @@ async def get_caller(request: Request) -> Caller:
     if caller is None:
         caller = await run_blocking(_caller_from_database, token, secret)
 
-    unsafe = request.method not in SAFE_METHODS
+    unsafe = request.scope["method"] not in SAFE_METHODS
     if caller.session_secret is not None and unsafe:
         sent = request.headers.get(CSRF_HEADER, "")
         if not tokens.same_secret(sent, csrf_token(caller.session_secret)):

@@ -143,8 +143,13 @@ def lean_handler(
         for name in inspect.signature(endpoint).parameters
     }
 
+    provided = list(providers.items())
+
     async def handler(request: Request) -> Response:
-        values = {name: await provide(request) for name, provide in providers.items()}
+        # a plain loop: a comprehension with ``await`` is a coroutine of its own
+        values = {}
+        for name, provide in provided:
+            values[name] = await provide(request)
         response = await endpoint(**values)
         if not isinstance(response, Response):
             raise TypeError(f"{endpoint.__qualname__} must return a Response")

@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 #: Last-seen and last-used times are written at most this often per log-on or token,
 #: so that busy clients do not turn every read into a write.
 TOUCH_INTERVAL = timedelta(seconds=60)
+#: When the request that records a cached log-on's use fails, the next one tries after this.
+TOUCH_RETRY_SECONDS = 5.0
 
 WRONG_CREDENTIALS = "Wrong user name or password."
 
@@ -87,16 +89,23 @@ _log_ons: ExactCache[tuple[str, str], _LogOn] = ExactCache(
 
 
 def _cached(kind: str, secret_hash: str) -> _LogOn | None:
-    """The cached log-on, if it may answer now: not expired, last use recorded lately."""
-    log_on = _log_ons.get((kind, secret_hash))
+    """The cached log-on, if it may answer now: not expired, its use recorded lately or
+    being recorded by another request."""
+    key = (kind, secret_hash)
+    log_on = _log_ons.get(key)
     if log_on is None:
         return None
     now = time.time()
     if now >= log_on.expires_at:
-        _log_ons.discard((kind, secret_hash))
+        _log_ons.discard(key)
         return None  # the database path says why
     if now >= log_on.touch_at:
-        return None  # the database path records the use
+        # One request per process records the use (through the database path, which
+        # also refreshes the entry); until then the others go on from the cache. If that
+        # request fails, another one tries after a pause.
+        claimed = replace(log_on, touch_at=now + TOUCH_RETRY_SECONDS)
+        if _log_ons.swap(key, log_on, claimed):
+            return None
     return log_on
 
 
@@ -217,13 +226,14 @@ def log_off(session: Session, *, session_secret: str, source_ip: str = "") -> No
     audit.record(session, action="auth.logout", actor=user, target=user, source_ip=source_ip)
 
 
-def caller_from_session(session: Session, session_secret: str) -> Caller:
-    """The caller behind a browser log-on cookie (from the cache when it may answer).
+def caller_from_session(session: Session, session_secret: str, *, cache: bool = True) -> Caller:
+    """The caller behind a browser log-on cookie (from the cache when it may answer;
+    ``cache=False``: from the database, after :func:`cached_caller` said no).
 
     Raises:
         NotAuthenticated: unknown, expired or revoked log-on, or a disabled user.
     """
-    cached = cached_caller(session_secret=session_secret)
+    cached = cached_caller(session_secret=session_secret) if cache else None
     if cached is not None:
         return cached
     secret_hash = tokens.hash_secret(session_secret)
@@ -255,14 +265,15 @@ def caller_from_session(session: Session, session_secret: str) -> Caller:
     )
 
 
-def caller_from_token(session: Session, token: str) -> Caller:
-    """The caller behind a personal API token (from the cache when it may answer).
+def caller_from_token(session: Session, token: str, *, cache: bool = True) -> Caller:
+    """The caller behind a personal API token (from the cache when it may answer;
+    ``cache=False``: from the database, after :func:`cached_caller` said no).
 
     Raises:
         NotAuthenticated: unknown (forged), expired or revoked token, or a disabled user;
             the message says which, since the token itself proves nothing either way.
     """
-    cached = cached_caller(token=token)
+    cached = cached_caller(token=token) if cache else None
     if cached is not None:
         return cached
     secret_hash = tokens.hash_secret(token)
