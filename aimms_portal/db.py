@@ -47,7 +47,12 @@ def make_engine(url: str, *, pooled: bool = True) -> Engine:
     else:
         kwargs["connect_args"] = {"connect_timeout": 5}
         if pooled:
-            kwargs.update(pool_size=10, max_overflow=20, pool_timeout=10)
+            # 40 in all, as many as AnyIO's worker threads (FastAPI's synchronous routes);
+            # 20 stay open, so a burst no longer opens and closes connections (6 % of the
+            # samples of an earlier profile were in connect). The pre-ping stays: it is a
+            # round trip per checkout, but a request never fails on a connection that a
+            # database restart left dead, and the hot reads no longer check one out.
+            kwargs.update(pool_size=20, max_overflow=20, pool_timeout=10)
     engine = create_engine(url, **kwargs)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)

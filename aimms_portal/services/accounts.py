@@ -126,7 +126,13 @@ def list_users(
         statement = statement.where(User.role == _check_role(role))
     if active is not None:
         statement = statement.where(User.is_active == active)
-    return paginate(session, statement.order_by(col(User.username)), limit=limit, offset=offset)
+    return paginate(
+        session,
+        statement.order_by(col(User.username)),
+        limit=limit,
+        offset=offset,
+        count_with_page=True,
+    )
 
 
 def create_user(
