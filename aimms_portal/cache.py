@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import select
 import socket
 import threading
@@ -390,6 +391,21 @@ def stop_feed() -> None:
 
 
 db.on_engine_reset(stop_feed)
+
+
+def _forget_feed_after_fork() -> None:
+    # A forked child shares the parent's socket but not its thread: it must neither
+    # read from nor close that connection, and starts a feed of its own on first use.
+    # Locks another thread of the parent held at the fork would never be released.
+    global _feed, _feed_engine, _feed_lock, _caches_lock
+    _feed, _feed_engine = None, None
+    _feed_lock, _caches_lock = threading.Lock(), threading.Lock()
+    for cache in _caches:
+        cache._lock = threading.Lock()
+        cache.invalidate()
+
+
+os.register_at_fork(after_in_child=_forget_feed_after_fork)
 
 
 # -- changes made by this process ---------------------------------------------------------

@@ -7,6 +7,7 @@ exact); on SQLite the one test here checks that nothing is cached at all.
 from __future__ import annotations
 
 import itertools
+import os
 import select
 import threading
 import time
@@ -266,3 +267,23 @@ def test_the_triggers_report_what_the_caches_watch(listener, make_user, database
         "api_tokens",
         "browser_sessions",
     }
+
+
+def test_a_forked_child_starts_from_empty_caches_and_a_feed_of_its_own(caching):
+    c = new_cache("users")
+    fill(c)
+    parent_feed = cache.current_feed()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit code, never return into pytest
+        code = 1
+        try:
+            if c.get("k") is None and cache.current_feed() is not parent_feed:
+                eventually(lambda: cache.current_feed().usable(), "child's feed up")  # type: ignore[union-attr]
+                fill(c)
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert c.get("k") == "v"  # the parent's cache and feed go on
+    assert cache.current_feed() is parent_feed and parent_feed.usable()
