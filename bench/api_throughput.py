@@ -2,7 +2,7 @@
 
 Usage (from the repository root; needs PostgreSQL on 127.0.0.1:5432 and Debian's `wrk`)::
 
-    .venv/bin/python bench/api_throughput.py [--duration 15] [--docs docs/benchmarks.md]
+    .venv/bin/python bench/api_throughput.py [--rounds 5] [--duration 8] [--docs docs/benchmarks.md]
 
 What one run does:
 
@@ -476,8 +476,8 @@ def write_docs(path: Path, block: str) -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds per target and round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds over all targets")
+    parser.add_argument("--duration", type=int, default=8, help="seconds per target and round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds over all targets")
     parser.add_argument("--warmup", type=int, default=3, help="warm-up seconds per target")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
