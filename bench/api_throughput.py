@@ -2,7 +2,7 @@
 
 Usage (from the repository root; needs PostgreSQL on 127.0.0.1:5432 and Debian's `wrk`)::
 
-    .venv/bin/python bench/api_throughput.py [--duration 15] [--docs docs/benchmarks.md]
+    .venv/bin/python bench/api_throughput.py [--rounds 5] [--duration 8] [--docs docs/benchmarks.md]
 
 What one run does:
 
@@ -12,18 +12,21 @@ What one run does:
    Reflex 0.10 picks when gunicorn is absent, as here), ASGI, one worker. It serves one
    app: the bare route ``/bare`` and ``/db-floor`` beside the REST API of
    ``create_api()``;
-3. per target, a short warm-up and then ``wrk`` with 64 connections on 2 threads:
-   ``/bare``, ``GET /api/v1/me`` with a user's token, ``GET /api/v1/users?limit=50``
-   with the admin's token; and two references that show where the time goes:
-   ``/healthz`` (a route of the REST API without database or log-on) and ``/db-floor``
-   (one ``SELECT 1`` through the portal's engine in the thread pool, the least any
-   synchronous database route does);
-4. prints a markdown table (requests/s, p50, p99, share of the bare route's
-   throughput); with ``--docs`` also writes it into that file;
+3. per target a short warm-up, then ``--rounds`` rounds in which every target gets
+   ``wrk`` with 64 connections on 2 threads in turn: ``/bare``, ``GET /api/v1/me`` with
+   a user's token, ``GET /api/v1/users?limit=50`` with the admin's token; and two
+   references that show where the time goes: ``/healthz`` (a route of the REST API
+   without database or log-on) and ``/db-floor`` (one ``SELECT 1`` through the
+   portal's engine in the thread pool, the least any synchronous database route does).
+   Each round compares a target with the bare route of the same round, so that what
+   else the machine does in a given minute weighs on both alike;
+4. prints a markdown table (medians over the rounds of requests/s, p50, p99 and the
+   share of the bare route's throughput); with ``--docs`` also writes it into that file;
 5. stops the server and drops the database, also after an error, Ctrl-C or SIGTERM.
 
 Every response is checked: a target that answers anything but 2xx fails the run,
-since fast errors would make the figures meaningless.
+since fast errors would make the figures meaningless; before the load, one answer of
+each target is checked for its content too.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -204,7 +208,7 @@ def running_server(database_url: str, log: Path) -> Iterator[str]:
         **os.environ,
         "AIMMS_PORTAL_DATABASE_URL": database_url,
         "AIMMS_PORTAL_STORAGE_URL": (log.parent / "storage").as_uri(),
-        "AIMMS_PORTAL_LOG_LEVEL": "WARNING",
+        "AIMMS_PORTAL_LOG_LEVEL": os.environ.get("AIMMS_PORTAL_LOG_LEVEL", "WARNING"),
     }
     with open(log, "wb") as out:
         process = subprocess.Popen(
@@ -270,6 +274,47 @@ class Result:
     requests: int
 
 
+@dataclass(frozen=True)
+class Summary:
+    """A target's rounds: medians, and the share of each round's bare route."""
+
+    target: Target
+    rounds: list[Result]
+    shares: list[float]
+
+    @property
+    def requests_per_second(self) -> float:
+        return statistics.median(r.requests_per_second for r in self.rounds)
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(r.p50_ms for r in self.rounds)
+
+    @property
+    def p99_ms(self) -> float:
+        return statistics.median(r.p99_ms for r in self.rounds)
+
+    @property
+    def share(self) -> float:
+        return statistics.median(self.shares)
+
+
+def summarize(targets: list[Target], rounds: list[list[Result]]) -> list[Summary]:
+    """Per target, its results of every round and its share of that round's bare route
+    (the first target)."""
+    return [
+        Summary(
+            target=target,
+            rounds=[results[index] for results in rounds],
+            shares=[
+                results[index].requests_per_second / results[0].requests_per_second
+                for results in rounds
+            ],
+        )
+        for index, target in enumerate(targets)
+    ]
+
+
 def check_target(url: str, target: Target) -> None:
     """One request by hand: the target must answer 200 with what it should."""
     headers = {"Authorization": f"Bearer {target.token}"} if target.token else {}
@@ -281,6 +326,10 @@ def check_target(url: str, target: Target) -> None:
         len(body["items"]) != 50 or body["total"] < EXTRA_USERS
     ):
         raise RuntimeError(f"{target.path}: unexpected page {body}")
+    if target.path == "/api/v1/me" and (
+        body["username"] != "bench-user" or body["auth"] != "token" or body["scopes"] != ["read"]
+    ):
+        raise RuntimeError(f"{target.path}: unexpected caller {body}")
 
 
 def run_wrk(
@@ -347,32 +396,42 @@ def versions(database_url: str) -> str:
     )
 
 
-def table(results: list[Result]) -> str:
-    bare = results[0].requests_per_second
+def table(summaries: list[Summary]) -> str:
     lines = [
         "| target | requests/s | p50 latency | p99 latency | share of bare |",
         "|---|---:|---:|---:|---:|",
     ]
-    for result in results:
-        share = result.requests_per_second / bare
+    for summary in summaries:
         lines.append(
-            f"| `GET {result.target.path}`{' (' + result.target.name + ')'} "
-            f"| {result.requests_per_second:,.0f} | {result.p50_ms:.1f} ms "
-            f"| {result.p99_ms:.1f} ms | {share:.1%} |"
+            f"| `GET {summary.target.path}` ({summary.target.name}) "
+            f"| {summary.requests_per_second:,.0f} | {summary.p50_ms:.1f} ms "
+            f"| {summary.p99_ms:.1f} ms | {summary.share:.1%} |"
         )
     return "\n".join(lines)
 
 
-def report(results: list[Result], args: argparse.Namespace, context: dict[str, str]) -> str:
+def rounds_line(summaries: list[Summary]) -> str:
+    parts = [
+        f"`{summaries[0].target.path}` "
+        + ", ".join(f"{r.requests_per_second:,.0f}" for r in summaries[0].rounds)
+    ]
+    for summary in summaries[1:]:
+        figures = ", ".join(
+            f"{r.requests_per_second:,.0f} ({share:.0%})"
+            for r, share in zip(summary.rounds, summary.shares, strict=True)
+        )
+        parts.append(f"`{summary.target.path}` {figures}")
+    return "Every round (requests/s, share of that round's bare route): " + "; ".join(parts) + "."
+
+
+def report(summaries: list[Summary], args: argparse.Namespace, context: dict[str, str]) -> str:
     verdicts = []
-    bare = results[0].requests_per_second
-    for result in results[1:]:
-        if not result.target.judged:
+    for summary in summaries[1:]:
+        if not summary.target.judged:
             continue
-        share = result.requests_per_second / bare
         verdicts.append(
-            f"`{result.target.path}` reaches {share:.1%} of the bare route "
-            f"({'meets' if share >= 0.5 else 'misses'} the 50 % target)"
+            f"`{summary.target.path}` reaches {summary.share:.1%} of the bare route "
+            f"({'meets' if summary.share >= 0.5 else 'misses'} the 50 % target)"
         )
     return "\n".join(
         [
@@ -385,11 +444,15 @@ def report(results: list[Result], args: argparse.Namespace, context: dict[str, s
             "```",
             "",
             f"One Granian process (ASGI, 1 worker); per target a {args.warmup} s warm-up, then "
+            f"{args.rounds} rounds, in each of which every target in turn gets "
             f"`wrk -t{args.threads} -c{args.connections} -d{args.duration}s --timeout 10s "
-            "--latency -s report.lua [-H 'Authorization: Bearer <token>'] URL`. Client, "
-            "server and PostgreSQL share the machine.",
+            "--latency -s report.lua [-H 'Authorization: Bearer <token>'] URL`. Medians over "
+            "the rounds; a share compares a target with the bare route of the same round. "
+            "Client, server and PostgreSQL share the machine.",
             "",
-            table(results),
+            table(summaries),
+            "",
+            rounds_line(summaries),
             "",
             "; ".join(verdicts) + ".",
             DOCS_END,
@@ -413,7 +476,8 @@ def write_docs(path: Path, block: str) -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=15, help="seconds per target")
+    parser.add_argument("--duration", type=int, default=8, help="seconds per target and round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds over all targets")
     parser.add_argument("--warmup", type=int, default=3, help="warm-up seconds per target")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
@@ -472,18 +536,25 @@ def main() -> int:
                     check_target(url, target)
                 if args.hold:
                     input(f"serving on {url}; tokens: {user_token} {admin_token}; Enter ends")
-                results = []
+                options = {"connections": args.connections, "threads": args.threads}
                 for target in targets:
-                    options = {"connections": args.connections, "threads": args.threads}
                     run_wrk(url, target, seconds=args.warmup, script=script, **options)
-                    result = run_wrk(url, target, seconds=args.duration, script=script, **options)
-                    print(
-                        f"{target.path}: {result.requests_per_second:,.0f} requests/s, "
-                        f"p99 {result.p99_ms:.1f} ms",
-                        file=sys.stderr,
-                    )
-                    results.append(result)
-    block = report(results, args, context)
+                rounds = []
+                for number in range(1, args.rounds + 1):
+                    results = []
+                    for target in targets:
+                        result = run_wrk(
+                            url, target, seconds=args.duration, script=script, **options
+                        )
+                        print(
+                            f"round {number}, {target.path}: "
+                            f"{result.requests_per_second:,.0f} requests/s, "
+                            f"p99 {result.p99_ms:.1f} ms",
+                            file=sys.stderr,
+                        )
+                        results.append(result)
+                    rounds.append(results)
+    block = report(summarize(targets, rounds), args, context)
     print(block)
     if args.docs:
         write_docs(args.docs, block)

@@ -8,6 +8,7 @@ routes here win and everything else falls through to the UI. Every error leaves 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -20,10 +21,12 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
 from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aimms_portal.api import API_PREFIX, proxy
+from aimms_portal.api.lean import LeanRoute, LeanRouter
 from aimms_portal.api.routes import (
     apps,
     audit,
@@ -140,10 +143,28 @@ def _methods_for(routers: list[APIRouter], path: str) -> set[str]:
 
 
 class MetricsMiddleware:
-    """Counts and times every request by its route template (not its raw path)."""
+    """Counts and times every request by its route template (not its raw path).
+
+    The labelled children of the two metrics are kept per (method, template, status):
+    ``labels()`` validates its arguments and takes a lock on every call, which cost
+    more than the rest of this middleware.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def _metrics_of(self, method: str, template: str, status: int) -> tuple[Any, Any]:
+        key = (method, template, status)
+        children = self._children.get(key)
+        if children is None:
+            # route templates and methods are few, and so are statuses: this stays small
+            children = (
+                HTTP_REQUESTS.labels(method, template, str(status)),
+                HTTP_LATENCY.labels(method, template),
+            )
+            self._children[key] = children
+        return children
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -163,9 +184,9 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "other"
-            method = scope.get("method", "")
-            HTTP_REQUESTS.labels(method, template, str(status)).inc()
-            HTTP_LATENCY.labels(method, template).observe(time.perf_counter() - started)
+            counter, latency = self._metrics_of(scope.get("method", ""), template, status)
+            counter.inc()
+            latency.observe(time.perf_counter() - started)
 
 
 def _add_docs(api: FastAPI) -> None:
@@ -191,33 +212,24 @@ def _add_docs(api: FastAPI) -> None:
         )  # type: ignore[arg-type]
 
 
-def create_api() -> FastAPI:
-    """The REST API with the operations routes, error handlers and metrics."""
+#: What the API says about itself in its OpenAPI document.
+_DESCRIPTION: dict[str, Any] = {
+    "title": "aimms_portal",
+    "version": "1",
+    "description": "REST API of the aimms_portal: accounts, groups, tokens and the audit log.",
+    "openapi_url": f"{API_PREFIX}/openapi.json",
+    "responses": {
+        400: {"model": ErrorBody},
+        401: {"model": ErrorBody},
+        403: {"model": ErrorBody},
+        404: {"model": ErrorBody},
+        422: {"model": ErrorBody},
+        503: {"model": ErrorBody},
+    },
+}
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # runs where the API is served by itself (the backend); inside the Reflex app
-        # the portal's own lifespan task closes the proxy's connections
-        yield
-        await proxy.close_clients()
 
-    api = FastAPI(
-        lifespan=lifespan,
-        title="aimms_portal",
-        version="1",
-        description="REST API of the aimms_portal: accounts, groups, tokens and the audit log.",
-        openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=None,
-        redoc_url=None,
-        responses={
-            400: {"model": ErrorBody},
-            401: {"model": ErrorBody},
-            403: {"model": ErrorBody},
-            404: {"model": ErrorBody},
-            422: {"model": ErrorBody},
-            503: {"model": ErrorBody},
-        },
-    )
+def _resource_routers() -> list[APIRouter]:
     routers = [
         module.router
         for module in (
@@ -237,10 +249,75 @@ def create_api() -> FastAPI:
         )
     ]
     routers.append(signing_keys.portal_key_router)
+    return routers
+
+
+def _openapi_document() -> dict[str, Any]:
+    """The OpenAPI document, made by a FastAPI app that includes the routers as usual.
+
+    The serving app holds the routes flat (see :func:`create_api`), which would leave
+    out what ``include_router`` adds to each route's description (the error responses
+    shared by all routes); this app describes the same route objects the usual way and
+    is never served.
+    """
+    described = FastAPI(docs_url=None, redoc_url=None, **_DESCRIPTION)
+    for router in [ops.router, *_resource_routers(), proxy.router]:
+        described.include_router(router)
+    return described.openapi()
+
+
+def _match_lean_routes_first(routes: list[BaseRoute]) -> None:
+    """Move the lean routes (the hot reads, see ``api/lean.py``) to the front of ``routes``.
+
+    Then :class:`LeanRouter` may answer them ahead of the router: it gives a request the
+    route the router would have given it. Moving one is safe only if no route before it
+    matches its path, which is checked here (an error at start-up otherwise).
+    """
+    lean = [route for route in routes if isinstance(route, LeanRoute)]
+    for route in lean:
+        index = routes.index(route)
+        probe = {"type": "http", "path": route.path_format, "root_path": "", "method": "GET"}
+        if "{" in route.path_format:
+            raise ValueError(f"lean route {route.path} has path parameters; keep it in place")
+        for earlier in routes[:index]:
+            if earlier.matches(probe)[0] is not Match.NONE:
+                raise ValueError(f"{earlier} would answer {route.path} before its lean route")
+    routes[:] = lean + [route for route in routes if not isinstance(route, LeanRoute)]
+
+
+def create_api() -> FastAPI:
+    """The REST API with the operations routes, error handlers and metrics."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # runs where the API is served by itself (the backend); inside the Reflex app
+        # the portal's own lifespan task closes the proxy's connections
+        yield
+        await proxy.close_clients()
+
+    api = FastAPI(
+        lifespan=lifespan,
+        # the portal exports Prometheus metrics (below), not OpenTelemetry; left on, FastAPI
+        # asks OpenTelemetry's global providers on every request whether anyone listens
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+        docs_url=None,
+        redoc_url=None,
+        **_DESCRIPTION,
+    )
+    routers = _resource_routers()
+    # The routes themselves join the app's router, not their routers: FastAPI matches
+    # the routes of an included router through several layers per route, which made
+    # finding a route late in the list cost more than answering it (~0.4 ms for
+    # /healthz behind ~80 routes, measured in process). The routers carry no options
+    # of their own (prefix and tags are already in each route); the OpenAPI document
+    # comes from an app that includes them as usual. /healthz is matched first: load
+    # balancers call it often.
+    api.router.routes.extend(ops.router.routes)
     for router in routers:
-        api.include_router(router)
-    api.include_router(ops.router)
-    api.include_router(proxy.router)
+        api.router.routes.extend(router.routes)
+    api.router.routes.extend(proxy.router.routes)
+    _match_lean_routes_first(api.router.routes)
+    api.openapi = functools.cache(_openapi_document)  # type: ignore[method-assign]
     _add_docs(api)
 
     @api.api_route(
@@ -265,6 +342,7 @@ def create_api() -> FastAPI:
     api.add_exception_handler(HTTPException, _http_error)
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(Exception, _unexpected_error)
+    api.add_middleware(LeanRouter, api=api)
     api.add_middleware(MetricsMiddleware)
     # the outermost: the proxy's requests pass no other layer (it counts them itself)
     api.add_middleware(proxy.SessionProxy)

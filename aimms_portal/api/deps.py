@@ -13,6 +13,7 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
+from aimms_portal.aio import run_blocking
 from aimms_portal.auth import tokens
 from aimms_portal.config import get_settings
 from aimms_portal.db import session_scope
@@ -39,8 +40,17 @@ def csrf_token(session_secret: str) -> str:
     return tokens.csrf_token_for(session_secret, get_settings().secret_key.get_secret_value())
 
 
+def _authorization(request: Request) -> str | None:
+    # straight from the ASGI scope: building Starlette's Headers cost more than the rest
+    # of a cached log-on check
+    for name, value in request.scope["headers"]:
+        if name == b"authorization":
+            return str(value.decode("latin-1"))
+    return None
+
+
 def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization")
+    header = _authorization(request)
     if not header:
         return None
     scheme, _, value = header.partition(" ")
@@ -51,10 +61,13 @@ def _bearer(request: Request) -> str | None:
     return value.strip()
 
 
+_ADMIN = Role.admin.value
+
+
 def _effective_user(caller: Caller) -> User:
     # a token without the admin scope acts with at most publisher rights
     user = caller.user
-    if caller.scopes is not None and user.is_admin and "admin" not in caller.scopes:
+    if caller.scopes is not None and "admin" not in caller.scopes and user.role == _ADMIN:
         return User.model_validate(user.model_dump() | {"role": Role.publisher.value})
     return user
 
@@ -97,20 +110,33 @@ def get_runner(request: Request) -> runner_ops.RunnerSession:
 RunnerDep = Annotated[runner_ops.RunnerSession, Depends(get_runner)]
 
 
-def get_caller(request: Request) -> Caller:
-    """The authenticated caller, or 401; checks CSRF and token scopes on the way."""
-    token = _bearer(request)
-    if token is not None and token.startswith(SESSION_TOKEN_PREFIX):
-        return _caller_from_session_token(request, token)
+def _caller_from_database(token: str | None, session_secret: str | None) -> Caller:
     with session_scope() as session:
         if token is not None:
-            caller = auth.caller_from_token(session, token)
-        elif secret := request.cookies.get(SESSION_COOKIE):
-            caller = auth.caller_from_session(session, secret)
-        else:
-            raise NotAuthenticated("Log on, or send an API token.", code="not_authenticated")
+            return auth.caller_from_token(session, token, cache=False)
+        assert session_secret is not None
+        return auth.caller_from_session(session, session_secret, cache=False)
 
-    unsafe = request.method not in SAFE_METHODS
+
+async def get_caller(request: Request) -> Caller:
+    """The authenticated caller, or 401; checks CSRF and token scopes on the way.
+
+    Asynchronous so that a caller found in the cache costs no hop to a worker thread;
+    otherwise one hop reads the database.
+    """
+    token = _bearer(request)
+    if token is not None and token.startswith(SESSION_TOKEN_PREFIX):
+        return await run_blocking(_caller_from_session_token, request, token)
+    secret = None
+    if token is None:
+        secret = request.cookies.get(SESSION_COOKIE)
+        if not secret:
+            raise NotAuthenticated("Log on, or send an API token.", code="not_authenticated")
+    caller = auth.cached_caller(token=token, session_secret=secret)
+    if caller is None:
+        caller = await run_blocking(_caller_from_database, token, secret)
+
+    unsafe = request.scope["method"] not in SAFE_METHODS
     if caller.session_secret is not None and unsafe:
         sent = request.headers.get(CSRF_HEADER, "")
         if not tokens.same_secret(sent, csrf_token(caller.session_secret)):
@@ -124,8 +150,11 @@ def get_caller(request: Request) -> Caller:
             raise PermissionDenied(
                 f"This API token lacks the {needed!r} scope.", code="insufficient_scope"
             )
+    user = _effective_user(caller)
+    if user is caller.user:
+        return caller
     return Caller(
-        user=_effective_user(caller),
+        user=user,
         scopes=caller.scopes,
         token_id=caller.token_id,
         session_secret=caller.session_secret,

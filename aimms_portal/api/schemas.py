@@ -11,6 +11,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from aimms_portal.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
+
 T = TypeVar("T")
 
 
@@ -32,6 +34,18 @@ class PageOut(BaseModel, Generic[T]):
     total: int
     limit: int
     offset: int
+
+
+class PageQuery(BaseModel):
+    """``limit`` and ``offset`` of a list, as a query model (for lean routes).
+
+    Frozen: a lean route shares one parsed query between requests, and uses it as a key.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
+    offset: int = Field(0, ge=0)
 
 
 class _Strict(BaseModel):
@@ -66,6 +80,14 @@ class UserPublic(BaseModel):
     is_active: bool
     created_at: datetime
     last_login_at: datetime | None
+
+
+class UserListQuery(PageQuery):
+    """The query of ``GET /users``."""
+
+    q: str = Field("", max_length=64)
+    role: str | None = Field(None, max_length=16)
+    active: bool | None = None
 
 
 class MeOut(UserPublic):

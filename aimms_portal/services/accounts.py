@@ -11,6 +11,7 @@ from sqlmodel import Session, col, delete, func, or_, select, update
 
 from aimms_portal.auth import passwords
 from aimms_portal.auth.access import Action, require
+from aimms_portal.cache import ExactCache
 from aimms_portal.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from aimms_portal.models import (
     EVERYONE,
@@ -125,7 +126,13 @@ def list_users(
         statement = statement.where(User.role == _check_role(role))
     if active is not None:
         statement = statement.where(User.is_active == active)
-    return paginate(session, statement.order_by(col(User.username)), limit=limit, offset=offset)
+    return paginate(
+        session,
+        statement.order_by(col(User.username)),
+        limit=limit,
+        offset=offset,
+        count_with_page=True,
+    )
 
 
 def create_user(
@@ -475,6 +482,27 @@ def remove_member(
         source_ip=source_ip,
         detail=f"user_id={user_id}",
     )
+
+
+#: user id -> the names of the groups the user is in, ``everyone`` included.
+_group_names: ExactCache[int, tuple[str, ...]] = ExactCache(
+    "group names", tables=("groups", "memberships"), maxsize=20_000
+)
+
+
+def cached_group_names(*, user: User) -> tuple[str, ...] | None:
+    """:func:`group_names_of` from the cache alone; ``None`` when the database must be asked."""
+    return _group_names.get(user.id or 0)
+
+
+def group_names_of(session: Session, *, user: User) -> tuple[str, ...]:
+    """The names of the groups ``user`` is in, ``everyone`` included, by name (cached)."""
+    names = cached_group_names(user=user)
+    if names is None:
+        stamp = _group_names.stamp()
+        names = tuple(g.name for g in groups_of(session, user=user))
+        _group_names.put_after_commit(session, user.id or 0, names, stamp)
+    return names
 
 
 def groups_of(session: Session, *, user: User) -> list[Group]:

@@ -22,24 +22,33 @@ def groups(db: None) -> list[str]:
     return sorted([*names, "everyone"])
 
 
-def _page(limit: int, offset: int):
+@pytest.fixture(params=[False, True], ids=["two statements", "count with the page"])
+def count_with_page(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+def _page(limit: int, offset: int, count_with_page: bool = False):
     with session_scope() as session:
         return paginate(
-            session, select(Group).order_by(col(Group.name)), limit=limit, offset=offset
+            session,
+            select(Group).order_by(col(Group.name)),
+            limit=limit,
+            offset=offset,
+            count_with_page=count_with_page,
         )
 
 
-def test_pages_cover_the_list_once_and_count_all_of_it(groups):
+def test_pages_cover_the_list_once_and_count_all_of_it(groups, count_with_page):
     seen = []
     for offset in range(0, 15, 5):
-        page = _page(5, offset)
+        page = _page(5, offset, count_with_page)
         assert (page.total, page.limit, page.offset) == (len(groups), 5, offset)
         seen += [g.name for g in page.items]
     assert seen == groups
 
 
-def test_a_page_past_the_end_is_empty_but_counts(groups):
-    page = _page(5, 100)
+def test_a_page_past_the_end_is_empty_but_counts(groups, count_with_page):
+    page = _page(5, 100, count_with_page)
     assert page.items == [] and page.total == len(groups)
 
 
@@ -47,3 +56,15 @@ def test_a_page_past_the_end_is_empty_but_counts(groups):
 def test_limits_outside_the_bounds_are_refused(groups, limit, offset):
     with pytest.raises(InvalidInput):
         _page(limit, offset)
+
+
+def test_an_empty_list_counts_nothing(db, count_with_page):
+    with session_scope() as session:
+        page = paginate(
+            session,
+            select(Group).where(col(Group.name) == "nobody"),
+            limit=5,
+            offset=0,
+            count_with_page=count_with_page,
+        )
+    assert page.items == [] and page.total == 0

@@ -4,38 +4,64 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Query, Request, Response, status
 
+from aimms_portal.aio import run_blocking
 from aimms_portal.api import API_PREFIX
-from aimms_portal.api.deps import CallerDep, PageDep, client_ip
-from aimms_portal.api.schemas import PageOut, PasswordReset, UserCreate, UserPublic, UserUpdate
+from aimms_portal.api.deps import CallerDep, client_ip
+from aimms_portal.api.lean import lean_get
+from aimms_portal.api.schemas import (
+    PageOut,
+    PasswordReset,
+    UserCreate,
+    UserListQuery,
+    UserPublic,
+    UserUpdate,
+)
+from aimms_portal.auth.access import Action, require
+from aimms_portal.cache import ExactCache
 from aimms_portal.db import session_scope
+from aimms_portal.models import User
 from aimms_portal.services import accounts
 
 router = APIRouter(prefix=f"{API_PREFIX}/users", tags=["users"])
 
 
-@router.get("", response_model=PageOut[UserPublic])
-def list_users(
-    caller: CallerDep,
-    page: PageDep,
-    q: Annotated[str, Query(max_length=64)] = "",
-    role: Annotated[str | None, Query(max_length=16)] = None,
-    active: bool | None = None,
-) -> PageOut[UserPublic]:
+#: Encoded pages of ``GET /users`` by their query (the same for every admin).
+_pages: ExactCache[UserListQuery, bytes] = ExactCache("user pages", tables=("users",), maxsize=256)
+
+
+@lean_get(router, "", response_model=PageOut[UserPublic])
+async def list_users(caller: CallerDep, query: Annotated[UserListQuery, Query()]) -> Response:
     """Users by name; `q` searches name, full name and e-mail."""
+    require(caller.user, Action.manage_users)  # on every request, before the cache
+    body = _pages.get(query)
+    if body is None:
+        body = await run_blocking(_page_of_users, caller.user, query)
+    return Response(body, media_type="application/json")
+
+
+def _page_of_users(actor: User, query: UserListQuery) -> bytes:
     with session_scope() as session:
+        stamp = _pages.stamp()
         result = accounts.list_users(
             session,
-            actor=caller.user,
-            query=q,
-            role=role,
-            active=active,
-            limit=page.limit,
-            offset=page.offset,
+            actor=actor,
+            query=query.q,
+            role=query.role,
+            active=query.active,
+            limit=query.limit,
+            offset=query.offset,
         )
-        items = [UserPublic.model_validate(u) for u in result.items]
-    return PageOut(items=items, total=result.total, limit=result.limit, offset=result.offset)
+        page = PageOut[UserPublic](
+            items=[UserPublic.model_validate(u) for u in result.items],
+            total=result.total,
+            limit=result.limit,
+            offset=result.offset,
+        )
+        body = page.model_dump_json().encode()
+        _pages.put_after_commit(session, query, body, stamp)
+    return body
 
 
 @router.post("", response_model=UserPublic, status_code=status.HTTP_201_CREATED)
