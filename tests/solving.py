@@ -101,8 +101,11 @@ elif mode == "spawn":
 
 #: The test app's WebUI: pages under the base path, a few JSON routes and a WebSocket
 #: echo (written with the standard library only: the test runtime has nothing else).
+#: ``live`` is a page that keeps a note (saved with ``POST api/note``) and talks over a
+#: WebSocket it opens when asked; ``api/deaf`` makes the app stop answering while it
+#: keeps running; ``api/count`` says how many requests reached the app.
 WEB_PY = r"""
-import base64, hashlib, http.server, json, os, socket, struct, sys, time
+import base64, hashlib, html, http.server, json, os, socket, struct, sys, threading, time
 
 BASE = os.environ.get("AIMMS_PORTAL_BASE_PATH", "/")
 MODE = sys.argv[1] if len(sys.argv) > 1 else "serve"
@@ -114,6 +117,37 @@ if MODE == "silent":
 if MODE == "crash":
     print("web: cannot read my configuration", flush=True)
     sys.exit(3)
+
+NOTE = ["nothing yet"]
+DEAF = threading.Event()
+COUNT = [0]  # requests that reached the app (api/count tells)
+LIVE = '''<html><body><h1 id="live-title">Live page</h1>
+<p>Note: <span id="note">%s</span></p>
+<input id="note-text"><button id="note-save">Save</button>
+<p>WebSocket: <span id="ws-state">closed</span></p>
+<input id="ws-text"><button id="ws-open">Connect</button><button id="ws-send">Send</button>
+<div id="ws-log"></div>
+<script>
+const base = %s;
+let ws = null;
+const $ = (id) => document.getElementById(id);
+$("note-save").onclick = async () => {
+  const answer = await fetch(base + "api/note", {method: "POST", body: $("note-text").value});
+  $("note").textContent = (await answer.json()).note;
+};
+$("ws-open").onclick = () => {
+  ws = new WebSocket(location.origin.replace(/^http/, "ws") + base + "ws");
+  ws.onopen = () => { $("ws-state").textContent = "open"; };
+  ws.onclose = () => { $("ws-state").textContent = "closed"; };
+  ws.onmessage = (event) => {
+    const line = document.createElement("div");
+    line.className = "ws-reply";
+    line.textContent = event.data;
+    $("ws-log").appendChild(line);
+  };
+};
+$("ws-send").onclick = () => ws.send($("ws-text").value);
+</script></body></html>'''
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -129,6 +163,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
+        COUNT[0] += 1
+        if DEAF.is_set():
+            self.close_connection = True  # no answer at all, on any connection
+            return
         if not self.path.startswith(BASE):
             return self._send(404, b"{}")
         rest = self.path[len(BASE):]
@@ -136,6 +174,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
             app = os.environ.get("AIMMS_PORTAL_APP")
             page = f"<html><body><h1 id='hello'>Hello from {app}</h1></body></html>"
             return self._send(200, page.encode(), "text/html")
+        if rest == "live":
+            page = LIVE % (html.escape(NOTE[0]), json.dumps(BASE))
+            return self._send(200, page.encode(), "text/html")
+        if rest == "api/deaf":
+            self._send(200, b"{}")
+            print("web: not listening any more", flush=True)
+            DEAF.set()
+            threading.Thread(target=lambda: (server.shutdown(), server.server_close())).start()
+            return
+        if rest == "api/count":
+            return self._send(200, json.dumps({"count": COUNT[0]}).encode())
         if rest == "api/headers":
             return self._send(200, json.dumps(dict(self.headers)).encode())
         if rest == "api/cookie":
@@ -162,8 +211,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return self._send(404, b"{}")
 
     def do_POST(self):
+        COUNT[0] += 1
         length = int(self.headers.get("Content-Length", 0))
         data = self.rfile.read(length)
+        if self.path == BASE + "api/note":
+            NOTE[0] = data.decode()
+            return self._send(200, json.dumps({"note": NOTE[0]}).encode())
         digest = hashlib.sha256(data).hexdigest()
         self._send(200, json.dumps({"size": len(data), "sha256": digest}).encode())
 
@@ -208,6 +261,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 server = http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
 print(f"web: serving on {server.server_port}", flush=True)
 server.serve_forever()
+while True:  # deaf (see api/deaf): running, but answering nobody
+    time.sleep(60)
 """
 
 MANIFEST = {

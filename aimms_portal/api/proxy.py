@@ -12,13 +12,23 @@ What never crosses: the portal's own cookies and the caller's ``Authorization`` 
 ``X-Forwarded-*`` headers the caller made up (the proxy sets its own), and
 ``Set-Cookie`` headers from the app for the portal's cookie names. The session's own
 token stays in the session's environment. Proxied traffic and open WebSockets count as
-activity (the idle timeout).
+activity (the idle timeout), written at most every :func:`sessions.activity_interval`.
+
+Credentials: the log-on cookie, or an ``Authorization: Bearer`` header with an API token.
+A request that carries an ``Authorization`` header is judged by it alone: anything but a
+valid API token there (a session token, a forged or garbled one) is refused with 401 and
+says why, whatever cookie came along.
 
 HTTP goes to the app over pooled keep-alive connections (:mod:`aimms_portal.api.upstream`),
 and :class:`SessionProxy` serves it ahead of every other layer of the portal.
 
 A session that has ended answers with a page that says why and offers to launch the
-app again (410); one still starting with a page that reloads itself (503).
+app again (410); one still starting with a page that reloads itself (503); one whose app
+does not answer with a page that says so, why, the last lines of its log, and offers to
+try again or to end the session (502). A refused WebSocket upgrade gets the same status
+and error body as an HTTP denial response (the ASGI ``websocket.http.response``
+extension, which uvicorn and Granian both offer), or, on a server without it, a close
+with the message as its reason.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import hashlib
 import html
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -44,12 +55,13 @@ from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aimms_portal.aio import run_blocking
-from aimms_portal.api.deps import CSRF_COOKIE, SESSION_COOKIE
+from aimms_portal.api.deps import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE
 from aimms_portal.api.upstream import Answer, Upstream, UpstreamError
 from aimms_portal.auth.tokens import API_TOKEN_PREFIX
 from aimms_portal.db import session_scope
 from aimms_portal.errors import Conflict, Gone, NotAuthenticated, NotFound, PortalError
 from aimms_portal.models import AppSession, User
+from aimms_portal.scheduler.lifecycle import SESSION_TOKEN_PREFIX
 from aimms_portal.services import auth, sessions
 
 logger = logging.getLogger(__name__)
@@ -72,8 +84,8 @@ HOP_BY_HOP = frozenset(
 )
 PORTAL_COOKIES = frozenset({SESSION_COOKIE, CSRF_COOKIE})
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-#: How often an open WebSocket counts as activity, in seconds.
-WEBSOCKET_ACTIVITY = 30.0
+#: Lines of the session's log the "does not answer" page shows its owner.
+APP_DOWN_LOG_LINES = 20
 
 
 class _LoopState:
@@ -118,16 +130,36 @@ async def close_clients() -> None:
 
 
 def _caller(cookies: dict[str, str], authorization: str | None) -> User:
-    """The user behind the request's log-on cookie or API token.
+    """The user behind the request's API token or, without an ``Authorization`` header,
+    its log-on cookie.
 
     The portal's CSRF check does not apply: the app behind the proxy answers for its own
     requests, and the SameSite=Lax cookie never rides on another site's changes.
+
+    Raises:
+        NotAuthenticated: no credentials, or ones that are not valid (the message says
+            what was wrong); code ``invalid_token`` for an ``Authorization`` header that
+            holds no API token at all.
     """
     with session_scope() as session:
         if authorization:
             scheme, _, token = authorization.partition(" ")
-            if scheme.lower() == "bearer" and token.strip().startswith(API_TOKEN_PREFIX):
-                return auth.caller_from_token(session, token.strip()).user
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token:
+                raise NotAuthenticated(
+                    "The Authorization header holds no API token: send 'Bearer apt_...', "
+                    "or log on in the browser.",
+                    code="invalid_token",
+                )
+            if token.startswith(SESSION_TOKEN_PREFIX):
+                raise NotAuthenticated(
+                    "A session token does not open a session through the proxy: it is for "
+                    "the app's own calls to the portal's API. Log on, or send an API token.",
+                    code="invalid_token",
+                )
+            if not token.startswith(API_TOKEN_PREFIX):
+                raise NotAuthenticated("The API token is not valid.", code="invalid_token")
+            return auth.caller_from_token(session, token).user
         secret = cookies.get(SESSION_COOKIE)
         if not secret:
             raise NotAuthenticated("Please log on.")
@@ -157,6 +189,9 @@ class _Passes:
         self._limit = limit
         #: raised whenever a session is forgotten (see :meth:`put`)
         self.epoch = 0
+        # put and forget_session may run in different threads (a UI event ends a session
+        # in a worker thread); get is one dictionary look-up and needs no lock
+        self._lock = threading.Lock()
 
     @staticmethod
     def key(secret: bytes, authorization: bytes, session_id: int) -> tuple[bytes, int]:
@@ -172,17 +207,19 @@ class _Passes:
     def put(self, key: tuple[bytes, int], address: str, epoch: int) -> None:
         """Keep a pass, unless a session was forgotten since its check began (``epoch``):
         a check that ran while its session ended must not let anyone in afterwards."""
-        if epoch != self.epoch:
-            return
-        self._passes[key] = (time.monotonic() + PASS_SECONDS, address)
-        self._passes.move_to_end(key)
-        while len(self._passes) > self._limit:
-            self._passes.popitem(last=False)
+        with self._lock:
+            if epoch != self.epoch:
+                return
+            self._passes[key] = (time.monotonic() + PASS_SECONDS, address)
+            self._passes.move_to_end(key)
+            while len(self._passes) > self._limit:
+                self._passes.popitem(last=False)
 
     def forget_session(self, session_id: int) -> None:
-        self.epoch += 1
-        for key in [k for k in self._passes if k[1] == session_id]:
-            self._passes.pop(key, None)
+        with self._lock:
+            self.epoch += 1
+            for key in [k for k in self._passes if k[1] == session_id]:
+                self._passes.pop(key, None)
 
 
 #: How long a pass through the proxy is kept (see :class:`_Passes`), in seconds.
@@ -193,6 +230,54 @@ _passes = _Passes()
 def forget_session(session_id: int) -> None:
     """Let nobody through to ``session_id`` on a kept pass any more (it was ended here)."""
     _passes.forget_session(session_id)
+    _activity.forget(session_id)
+
+
+class _Activity:
+    """When each session's activity is next written, per process.
+
+    A request let through on a kept pass asks the database nothing, yet it is activity:
+    the first such request after :func:`sessions.activity_interval` writes it (in a
+    worker thread; the request does not wait), so a session in use never looks idle.
+    """
+
+    def __init__(self) -> None:
+        self._due: dict[int, float] = {}
+        self._writes: set[asyncio.Future[None]] = set()
+
+    def written(self, session_id: int) -> None:
+        """Activity of ``session_id`` was just written (by a pass check)."""
+        self._due[session_id] = time.monotonic() + _interval()
+
+    def note(self, session_id: int) -> None:
+        """A request of ``session_id`` went through: write that, if it is due."""
+        now = time.monotonic()
+        due = self._due.get(session_id)
+        if due is not None and now < due:
+            return
+        if len(self._due) > 10_000:  # ids of long-ended sessions: forget them all
+            self._due.clear()
+        self._due[session_id] = now + _interval()
+        write = asyncio.ensure_future(run_blocking(_touch, session_id))
+        self._writes.add(write)  # kept until done: a task nobody holds may vanish
+        write.add_done_callback(self._done)
+
+    def _done(self, write: asyncio.Future[None]) -> None:
+        self._writes.discard(write)
+        if not write.cancelled() and write.exception() is not None:
+            logger.warning("session activity not written: %s", write.exception())
+
+    def forget(self, session_id: int) -> None:
+        self._due.pop(session_id, None)
+
+
+def _interval() -> float:
+    return sessions.activity_interval().total_seconds()
+
+
+_activity = _Activity()
+# whichever part of this process ends a session (REST, UI), nobody passes on a kept pass
+sessions.on_ending(forget_session)
 
 
 async def _address(secret: bytes, authorization: bytes, session_id: int) -> str:
@@ -230,6 +315,7 @@ async def _check(key: tuple[bytes, int], secret: bytes, authorization: bytes, si
         _passes.forget_session(sid)  # ended or restarting: nobody else passes either
         raise
     address = target.address or ""
+    _activity.written(sid)  # the check noted the activity (proxy_target)
     _passes.put(key, address, epoch)
     return address
 
@@ -252,40 +338,109 @@ def _wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
 
+#: The code of the refusal for a session whose app does not answer (502).
+APP_DOWN = "app_down"
+_STATUS = {NotAuthenticated: 401, NotFound: 404, Gone: 410, Conflict: 503}
+
+
+def _status(exc: PortalError) -> int:
+    """The HTTP status of a refusal (WebSocket upgrades get the same)."""
+    return 502 if exc.code == APP_DOWN else _STATUS.get(type(exc), 400)
+
+
+def _app_down(reason: str) -> Conflict:
+    return Conflict(f"The app of this session does not answer: {reason}.", code=APP_DOWN)
+
+
+def _error_body(exc: PortalError) -> dict[str, dict[str, str]]:
+    return {"error": {"code": exc.code, "message": exc.message}}
+
+
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>{refresh}
 <style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem}}
-a.button{{display:inline-block;padding:.5rem 1rem;border-radius:.4rem;background:#2563eb;
-color:#fff;text-decoration:none}}</style></head>
-<body><h1>{title}</h1><p id="session-message">{message}</p>{action}</body></html>"""
+a.button,button{{display:inline-block;padding:.5rem 1rem;border-radius:.4rem;border:0;
+background:#2563eb;color:#fff;text-decoration:none;font:inherit;cursor:pointer}}
+button.quiet{{background:#e5e7eb;color:#111}}
+pre{{background:#f3f4f6;padding:.75rem;overflow-x:auto;white-space:pre-wrap}}</style></head>
+<body><h1>{title}</h1><p id="session-message">{message}</p>{details}</body></html>"""
+
+#: Ends the session from the "does not answer" page with the portal's REST API (the
+#: log-on cookie rides along; the CSRF token comes from its readable cookie), then shows
+#: the page the session's address answers with next: "This session has ended".
+_TERMINATE_SCRIPT = """<script>
+document.getElementById("session-terminate").addEventListener("click", async () => {{
+  const csrf = document.cookie.split("; ").find((c) => c.startsWith("{csrf}="));
+  const answer = await fetch("/api/v1/sessions/{session_id}", {{
+    method: "DELETE", credentials: "same-origin",
+    headers: {{"{header}": csrf ? decodeURIComponent(csrf.split("=")[1]) : ""}},
+  }});
+  if (answer.ok || answer.status === 409) {{ location.reload(); return; }}
+  const body = await answer.json().catch(() => null);
+  document.getElementById("session-message").textContent =
+    (body && body.error && body.error.message) || "The session could not be ended.";
+}});
+</script>"""
 
 
 async def _refusal(request: Request, session_id: int, exc: PortalError) -> Response:
     """The answer for a request that may not (or cannot) reach the session's app."""
-    status = {NotAuthenticated: 401, NotFound: 404, Gone: 410, Conflict: 503}.get(type(exc), 400)
+    status = _status(exc)
     if not _wants_html(request):
-        return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status)
-    if isinstance(exc, NotAuthenticated):
+        return JSONResponse(_error_body(exc), status)
+    credentials = request.headers.get("authorization")
+    if isinstance(exc, NotAuthenticated) and not credentials:
+        # a browser without (or with an ended) log-on: the log-on page, then back here
         return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
-    refresh, action = "", '<p><a class="button" href="/sessions">Your sessions</a></p>'
+    refresh, details = "", '<p><a class="button" href="/sessions">Your sessions</a></p>'
     title = "No such session"
-    if isinstance(exc, Gone):
+    if isinstance(exc, NotAuthenticated):
+        title, details = "Not logged on", ""
+    elif isinstance(exc, Gone):
         title = "This session has ended"
-        app = await run_blocking(
-            _relaunch_app, dict(request.cookies), request.headers.get("authorization"), session_id
-        )
+        app = await run_blocking(_relaunch_app, dict(request.cookies), credentials, session_id)
         if app:
-            action = (
+            details = (
                 f'<p><a class="button" id="session-relaunch" href="/launch/{quote(app)}">'
                 f"Launch {html.escape(app)} again</a></p>"
             )
+    elif exc.code == APP_DOWN:
+        title = "The app does not answer"
+        lines = await run_blocking(_log_lines, dict(request.cookies), credentials, session_id)
+        details = _app_down_details(request, session_id, lines)
     elif isinstance(exc, Conflict):
         title, refresh = "This session is starting", '<meta http-equiv="refresh" content="2">'
-        action = ""
+        details = ""
     page = _PAGE.format(
-        title=title, refresh=refresh, message=html.escape(exc.message), action=action
+        title=title, refresh=refresh, message=html.escape(exc.message), details=details
     )
     return HTMLResponse(page, status_code=status)
+
+
+def _log_lines(cookies: dict[str, str], authorization: str | None, session_id: int) -> list[str]:
+    """The last lines of the session's log, if the caller may read it (else none)."""
+    try:
+        user = _caller(cookies, authorization)
+        return sessions.session_log(actor=user, session_id=session_id, tail=APP_DOWN_LOG_LINES)
+    except PortalError:
+        return []
+
+
+def _app_down_details(request: Request, session_id: int, lines: list[str]) -> str:
+    log = ""
+    if lines:
+        log = (
+            "<p>The last lines of its log:</p>"
+            f'<pre id="session-log">{html.escape(chr(10).join(lines))}</pre>'
+        )
+    again = html.escape(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
+    actions = (
+        f'<p><a class="button" id="session-retry" href="{again}">Try again</a> '
+        '<button class="quiet" id="session-terminate" type="button">End this session</button> '
+        '<a href="/sessions">Your sessions</a></p>'
+    )
+    script = _TERMINATE_SCRIPT.format(csrf=CSRF_COOKIE, header=CSRF_HEADER, session_id=session_id)
+    return log + actions + script
 
 
 # -- HTTP ----------------------------------------------------------------------------------
@@ -442,6 +597,7 @@ async def _forward(session_id: int, scope: Scope, receive: Receive, send: Send) 
         response = await _refusal(Request(scope, receive), session_id, exc)
         await response(scope, receive, send)
         return response.status_code
+    _activity.note(session_id)
 
     answer: Answer | None = None
     try:
@@ -465,11 +621,9 @@ async def _forward(session_id: int, scope: Scope, receive: Receive, send: Send) 
             answer.release()
         _passes.forget_session(session_id)
         logger.info("session %s does not answer: %s", session_id, exc)
-        problem = Conflict("The app of this session does not answer right now.", code="app_down")
-        response = await _refusal(Request(scope, receive), session_id, problem)
-        response.status_code = 502
+        response = await _refusal(Request(scope, receive), session_id, _app_down(str(exc)))
         await response(scope, receive, send)
-        return 502
+        return response.status_code
     except ClientDisconnect:
         if answer is not None:
             answer.release()
@@ -574,7 +728,7 @@ async def proxy_websocket(websocket: WebSocket, session_id: int, path: str) -> N
     except PortalError as exc:
         # refused before the upgrade: the browser sees the handshake fail at once
         logger.info("websocket to session %s refused: %s", session_id, exc.code)
-        await websocket.close(code=1008)
+        await _refuse_websocket(websocket, exc)
         return
     url = f"ws://{target.address}{websocket.url.path}"
     if websocket.url.query:
@@ -595,7 +749,7 @@ async def proxy_websocket(websocket: WebSocket, session_id: int, path: str) -> N
         )
     except (OSError, websockets.WebSocketException, TimeoutError) as exc:
         logger.info("websocket to session %s: the app refused (%s)", session_id, exc)
-        await websocket.close(code=1011)
+        await _refuse_websocket(websocket, _app_down(f"it refused the WebSocket ({exc})"))
         return
     await websocket.accept(subprotocol=upstream.subprotocol)
     try:
@@ -604,6 +758,21 @@ async def proxy_websocket(websocket: WebSocket, session_id: int, path: str) -> N
         await upstream.close()
         with contextlib.suppress(RuntimeError):
             await websocket.close()
+
+
+#: The longest close reason a WebSocket close frame carries, in bytes.
+_CLOSE_REASON_BYTES = 123
+
+
+async def _refuse_websocket(websocket: WebSocket, exc: PortalError) -> None:
+    """Refuse an upgrade with the status and error body an HTTP request would get, where
+    the server lets the app answer the handshake (the ``websocket.http.response``
+    extension); else close it (policy violation) with the message as its reason."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(JSONResponse(_error_body(exc), _status(exc)))
+        return
+    reason = exc.message.encode()[:_CLOSE_REASON_BYTES].decode(errors="ignore")
+    await websocket.close(code=1008, reason=reason)
 
 
 async def _relay(websocket: WebSocket, upstream: Any, target: AppSession) -> None:
@@ -625,9 +794,9 @@ async def _relay(websocket: WebSocket, upstream: Any, target: AppSession) -> Non
                 await websocket.send_text(message)
 
     async def keep_active() -> None:
-        interval = min(WEBSOCKET_ACTIVITY, sessions.activity_interval().total_seconds())
+        # an open WebSocket is activity even when nothing goes through it
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(_interval())
             await run_blocking(_touch, target.id or 0)
 
     tasks = [asyncio.create_task(t()) for t in (to_app, to_browser, keep_active)]

@@ -16,7 +16,7 @@ import csv
 import io
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -48,6 +48,7 @@ from aimms_portal.scheduler.dispatcher import (
 )
 from aimms_portal.services import apps, audit, signing_keys
 from aimms_portal.services.pagination import Page, paginate
+from aimms_portal.storage import get_storage
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,21 @@ SEATED_STATES = (SessionState.pending.value, SessionState.starting.value, Sessio
 ACTIVITY_WRITE_INTERVAL = timedelta(seconds=30)
 #: Any number: the key of PostgreSQL's advisory lock that serializes seat counting.
 _SEAT_LOCK = 4_711_001
+#: How much longer a session's token lasts than the session may: the reaper ends a
+#: session at its longest lifetime and says so, before its runner finds its token expired
+#: and ends it without that reason.
+TOKEN_GRACE = timedelta(minutes=10)
+
+#: Called with a session's id once it is being ended in this process (see
+#: :func:`on_ending`).
+_ending_callbacks: list[Callable[[int], None]] = []
+
+
+def on_ending(callback: Callable[[int], None]) -> None:
+    """Call ``callback(session_id)`` whenever this process starts ending a session
+    (:func:`terminate_session`), as soon as that is committed: the proxy forgets who it
+    let through to that session. It may be called from any thread."""
+    _ending_callbacks.append(callback)
 
 
 @dataclass(frozen=True)
@@ -101,7 +117,9 @@ def launch_session(
             missing for non-writers).
         PermissionDenied: no run right; or a desktop session of an encrypted release
             where the portal does not allow that.
-        InvalidInput: the release has no WebUI; its runtime is no longer trusted.
+        InvalidInput: ``no_webui``: the release has no WebUI; ``runtime_untrusted``: its
+            runtime's signing key is no longer trusted; ``runtime_missing``: its
+            runtime's package is not in storage.
         Conflict: ``no_free_seats``: a seat limit is reached (the message says which).
         LauncherError: the launcher could not start the session (it is recorded as
             failed with the reason).
@@ -134,6 +152,14 @@ def launch_session(
                 "ask its publisher for a release on a trusted runtime.",
                 code="runtime_untrusted",
             )
+        if not get_storage().exists(runtime.storage_key):
+            # a session would only fail fetching it: say so now, and why
+            raise InvalidInput(
+                f"The runtime {runtime.name} {runtime.version} of {app_row.name} "
+                f"{release.version} is missing from the portal's storage; ask an admin to "
+                "upload it again.",
+                code="runtime_missing",
+            )
         _take_seat(
             session, actor, kind, settings.max_sessions_per_user, settings.max_webui_sessions
         )
@@ -144,7 +170,7 @@ def launch_session(
             app_id=app_row.id or 0,
             release_id=release.id or 0,
             launcher=launcher.kind if launcher else DESKTOP,
-            lifetime=timedelta(hours=settings.webui_max_hours),
+            lifetime=timedelta(hours=settings.webui_max_hours) + TOKEN_GRACE,
         )
         app_session.version = release.version
         session.add(app_session)
@@ -225,8 +251,13 @@ def _take_seat(session: Session, actor: User, kind: str, per_user: int, webui: i
         )
     ).one()
     if running >= webui:
+        in_use = (
+            "the one browser session of this portal is in use"
+            if webui == 1
+            else f"all {webui} browser sessions of this portal are in use"
+        )
         raise Conflict(
-            f"No free seat: all {webui} browser sessions of this portal are in use. "
+            f"No free seat: {in_use}. "
             "Try again in a few minutes, or run the app on your own computer.",
             code="no_free_seats",
         )
@@ -425,6 +456,8 @@ def terminate_session(*, actor: User, session_id: int, source_ip: str = "") -> S
                 source_ip=source_ip,
             )
         handle, launcher_kind = row.handle, row.launcher
+    for callback in _ending_callbacks:
+        callback(session_id)
     if launcher_kind == DESKTOP:
         with session_scope() as session:
             ending = session.get(AppSession, session_id, with_for_update=True)

