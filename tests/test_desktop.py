@@ -358,6 +358,39 @@ def test_a_session_ended_on_the_portal_ends_the_app_here(
     assert list(Path(desktop_env["TMPDIR"]).iterdir()) == []
 
 
+def test_a_client_killed_outright_ends_on_the_portal_and_frees_its_seat(
+    logged_on: SolvePortal,
+    desktop_env: dict[str, str],
+    desktop: Callable[..., Desktop],
+    monkeypatch: pytest.MonkeyPatch,
+):
+    set_settings(monkeypatch, max_sessions_per_user="1")
+    client = desktop(SOLVER_APP)
+    _, session_id = client.address()
+    apps_here = client.app_processes()
+
+    # SIGKILL: no goodbye to the portal, no more heartbeats
+    os.kill(client.process.pid, signal.SIGKILL)
+    client.process.wait(timeout=EXIT_TIMEOUT)
+    try:
+        lease = float(logged_on.scheduler.settings.job_lease_seconds)
+        deadline = time.monotonic() + lease + 30
+        while (ended := session_of(logged_on, session_id))["state"] not in ("stopped", "failed"):
+            assert time.monotonic() < deadline, ended
+            time.sleep(0.2)
+        assert (ended["state"], ended["reason"]) == ("failed", f"no heartbeat for {lease:g} s")
+
+        # its seat is free again
+        again = desktop(SOLVER_APP)
+        _, second = again.address()
+        assert second != session_id
+    finally:
+        # nothing passes SIGKILL on: the app it started is left running (README's limits)
+        for pid in apps_here:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 #: A WebUI that answers, and exits with the code it is sent (``POST /quit/<code>``).
 QUITTING_WEB_PY = r"""
 import http.server, os, threading
