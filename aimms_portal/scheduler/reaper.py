@@ -68,12 +68,23 @@ class Reaper:
         self._last_poll = 0.0
         self._last_orphans = 0.0
         self._last_scan = 0.0
+        #: When this leadership began: a session's silence counts from then at the
+        #: earliest (see :meth:`became_leader`).
+        self._leading_since: datetime | None = None
 
     def became_leader(self) -> None:
-        """Check everything at once when leadership begins (e.g. after a restart)."""
+        """Check everything at once when leadership begins (e.g. after a restart).
+
+        Heartbeats sent while no portal process ran (a restart of the only one, which
+        with the production build takes longer than a lease) reached nobody: a ready
+        session's silence counts from now, not from its last heartbeat, so a restart
+        never ends the sessions that outlived it. A session that died meanwhile is found
+        one lease later.
+        """
         self._last_poll = 0.0
         self._last_orphans = 0.0
         self._last_scan = 0.0
+        self._leading_since = utcnow()
 
     def reap_once(self) -> None:
         now = time.monotonic()
@@ -258,6 +269,8 @@ class Reaper:
             return None
         silence = settings.job_lease_seconds
         heard = app_session.last_heartbeat_at or app_session.created_at
+        if self._leading_since is not None:
+            heard = max(heard, self._leading_since)
         if heard + timedelta(seconds=silence) < now:
             return f"no heartbeat for {silence:g} s", True
         if kind == SessionKind.solve.value:

@@ -600,8 +600,10 @@ def test_terminating_a_session_lets_nobody_through_at_once(
 
 
 def test_a_webui_session_survives_a_portal_restart(solve_portal: SolvePortal) -> None:
-    # the default lease: a restart takes a few seconds, heartbeats wait it out
-    with backend_processes(solve_portal, 1, AIMMS_PORTAL_JOB_LEASE_SECONDS="10") as (backend,):
+    lease = 3.0
+    with backend_processes(solve_portal, 1, AIMMS_PORTAL_JOB_LEASE_SECONDS=f"{lease:g}") as (
+        backend,
+    ):
         backend.wait_until_serving()
         portal = dataclasses.replace(solve_portal, url=backend.url)
         with contextlib.closing(_browser(portal, solve_portal.user)) as client:
@@ -614,7 +616,18 @@ def test_a_webui_session_survives_a_portal_restart(solve_portal: SolvePortal) ->
 
             again = client.get(session["url"])
             assert again.status_code == 200 and "Hello from solver-app" in again.text
-            time.sleep(3)  # a few heartbeats and a reaper round of the new process
+            time.sleep(lease)  # a few heartbeats and a reaper round of the new process
+            still = client.get(f"/api/v1/sessions/{session['id']}").json()
+            assert still["state"] == "ready", still
+
+            # down for longer than a lease (as a restart with a production build is):
+            # the heartbeats of that time reached nobody, which is no session's fault
+            backend.stop()  # a shutdown this time: the next process leads at once
+            time.sleep(lease + 2)
+            backend.start()
+            backend.wait_until_serving()
+            time.sleep(lease)
+
             still = client.get(f"/api/v1/sessions/{session['id']}").json()
             assert still["state"] == "ready", still
             assert client.get(session["url"]).status_code == 200

@@ -6,6 +6,7 @@ front end (``.web``) never disturbs a developer's portal running from the checko
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -14,7 +15,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,52 @@ ADMIN_PASSWORD = "Admin-password-for-tests-1"
 START_TIMEOUT = 180
 
 
+class _Server:
+    """The portal's server process (``reflex run --env prod``: Granian), in a process
+    group of its own; started, stopped and started again at will."""
+
+    def __init__(self, url: str, project: Path, env: dict[str, str], log: Path) -> None:
+        self.url, self.project, self.env, self.log = url, project, env, log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        port = self.env["AIMMS_PORTAL_PORT"]
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(
+                [
+                    Path(sys.executable).parent / "reflex",
+                    "run",
+                    "--env",
+                    "prod",
+                    "--single-port",
+                    "--frontend-port",
+                    port,
+                    "--backend-port",
+                    port,
+                ],
+                cwd=self.project,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _wait_until_ready(self.url, self.process, self.log)
+
+    def stop(self) -> None:
+        """SIGTERM to the server's group (its workers too), SIGKILL if it lingers.
+        Session processes run in sessions of their own: they are not in the group."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, 15)
+            self.process.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, 9)
+            self.process.wait()
+        self.process = None
+
+
 @dataclass(frozen=True)
 class Portal:
     url: str
@@ -36,6 +83,13 @@ class Portal:
     log: Path
     #: The folder the portal runs in (Reflex's public ``uploaded_files`` would be here).
     project: Path
+    server: _Server = field(repr=False, compare=False)
+
+    def restart(self) -> None:
+        """Stop the portal's server and start it again on the same address, database
+        and storage, as an operator's restart does; returns once it serves again."""
+        self.server.stop()
+        self.server.start()
 
 
 def _free_port() -> int:
@@ -124,45 +178,22 @@ def _serve(tmp_path: Path, database_url: str, settings: dict[str, str]) -> Itera
     )
 
     log = tmp_path / "portal.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [
-                bin_dir / "reflex",
-                "run",
-                "--env",
-                "prod",
-                "--single-port",
-                "--frontend-port",
-                str(port),
-                "--backend-port",
-                str(port),
-            ],
-            cwd=project,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    server = _Server(url, project, env, log)
     try:
-        _wait_until_ready(url, process, log)
+        server.start()
         yield Portal(
             url=url,
             admin_username="admin",
             admin_password=ADMIN_PASSWORD,
             log=log,
             project=project,
+            server=server,
         )
     finally:
         # solve sessions run in process sessions of their own: stop them first (their
         # open connections would hold up the server's shutdown) and again at the end
         _stop_sessions(tmp_path / "sessions")
-        # the server runs in its own process group: stop the group, workers included
-        try:
-            os.killpg(process.pid, 15)
-            process.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(process.pid, 9)
-            process.wait()
+        server.stop()
         _stop_sessions(tmp_path / "sessions")
 
 

@@ -1,6 +1,9 @@
 """WebUI sessions in Chromium: launch from the launch page and land in the app through
-the proxy, privacy, an app that never answers, idle culling with one seat, terminate
-from the live Sessions page, and the transport demo solving through the portal.
+the proxy, privacy, the Launch menu (in the browser, or the commands for one's own
+computer), WebSockets through the proxy and a restart of the portal while a session
+runs, an app that stops answering, an app that never answers, idle culling with one
+seat, terminate from the live Sessions page, and the transport demo solving through the
+portal.
 
 The sessions run for real: the portal's scheduler and the local launcher run in the
 portal's process and start runner processes that prepare the test runtime and run the
@@ -18,11 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import websockets
 from playwright.sync_api import Browser, Page, expect
 
 from aimms_portal.client import PortalClient, PortalClientError
 from tests.corpus import TRUSTED_KEY_FILE
+from tests.helpers import run_async
 from tests.publishing import runtime_package
 from tests.solving import SOLVER_APP, solver_bundle
 from tests.ui.conftest import Portal, serve_portal
@@ -277,6 +283,122 @@ def test_terminate_from_the_sessions_page(uma: Page, portal: Portal) -> None:
     expect(row).to_be_visible()
     _choose(uma, "sessions-filter-kind", "Solve")
     expect(row).to_have_count(0)
+
+
+def test_the_launch_menu_opens_the_app_here_or_shows_the_commands(
+    uma: Page, portal: Portal
+) -> None:
+    # the commands are those of the launch page, for the release a launch would start
+    uma.goto(f"{portal.url}/launch/{SOLVER_APP}")
+    login = uma.locator("#launch-desktop-login").inner_text()
+    command = uma.locator("#launch-desktop-command").inner_text()
+    assert login == f"aimms-portal login {portal.url}"
+    assert command == f"aimms-portal desktop {SOLVER_APP} --version 2.0"  # the latest
+
+    # from the catalogue's card
+    uma.goto(f"{portal.url}/")
+    uma.click(f"#app-card-launch-{SOLVER_APP}")
+    expect(uma.locator("#launch-menu-browser")).to_have_text("In the browser")
+    uma.click("#launch-menu-desktop")
+    dialog = uma.locator("#launch-menu-dialog")
+    expect(dialog).to_contain_text("Run Solver test app on your computer")
+    expect(dialog.locator("#launch-menu-login")).to_have_text(login)
+    expect(dialog.locator("#launch-menu-command")).to_have_text(command)
+    uma.click("#launch-menu-close")
+    expect(dialog).to_have_count(0)
+
+    # from the app's page; "In the browser" starts a session of it at once
+    uma.goto(f"{portal.url}/apps/{SOLVER_APP}")
+    uma.click("#app-launch")
+    uma.click("#launch-menu-desktop")
+    expect(uma.locator("#launch-menu-command")).to_have_text(command)
+    uma.keyboard.press("Escape")
+    expect(uma.locator("#launch-menu-dialog")).to_have_count(0)
+    uma.click("#app-launch")
+    uma.click("#launch-menu-browser")
+    expect(uma).to_have_url(re.compile(f"/launch/{SOLVER_APP}$"))
+    expect(uma.locator("#launch-version")).to_have_text("2.0")
+    expect(uma.locator("#launch-timeline")).to_contain_text("pending")
+    token = token_for(portal, *USER)
+    status, live = get_json(portal, "/sessions?state=live", token)
+    assert status == 200 and [s["version"] for s in live["items"]] == ["2.0"], live
+
+
+def _cookie_of(portal: Portal, user: tuple[str, str]) -> dict[str, str]:
+    with httpx.Client(base_url=portal.url, trust_env=False, timeout=30) as client:
+        logged = client.post("/api/v1/auth/login", json={"username": user[0], "password": user[1]})
+        assert logged.status_code == 200, logged.text
+        return {"Cookie": "; ".join(f"{k}={v}" for k, v in client.cookies.items())}
+
+
+def _ws_refusal(url: str, headers: dict[str, str]) -> tuple[int, Any]:
+    """What the portal answers a WebSocket upgrade it refuses: status and body."""
+
+    async def connect() -> tuple[int, Any]:
+        try:
+            async with websockets.connect(url, additional_headers=headers, open_timeout=10):
+                return 101, None
+        except websockets.InvalidStatus as refused:
+            body = bytes(refused.response.body or b"")
+            return refused.response.status_code, json.loads(body) if body else None
+
+    return run_async(connect())
+
+
+def test_websockets_and_a_portal_restart_while_a_session_runs(
+    uma: Page, otto: Page, portal: Portal
+) -> None:
+    token = token_for(portal, *USER)
+    uma.goto(f"{portal.url}/launch/{SOLVER_APP}/1.0?start=1")
+    session_id = _session_id_of(uma)
+    live = f"{portal.url}/s/{session_id}/live"
+
+    # the app's page opens a WebSocket through the proxy and talks over it; a note saved
+    uma.goto(live)
+    uma.click("#ws-open")
+    expect(uma.locator("#ws-state")).to_have_text("open")
+    uma.fill("#ws-text", "before the restart")
+    uma.click("#ws-send")
+    expect(uma.locator(".ws-reply")).to_have_text(["echo:before the restart"])
+    uma.fill("#note-text", "first")
+    uma.click("#note-save")
+    expect(uma.locator("#note")).to_have_text("first")
+    # the portal's server refuses another user's upgrade with the proxy's own answer
+    ws_url = live.replace("http", "ws", 1).replace("/live", "/ws")
+    assert _ws_refusal(ws_url, _cookie_of(portal, OTHER)) == (
+        404,
+        {"error": {"code": "not_found", "message": f"No session {session_id}."}},
+    )
+
+    portal.restart()
+
+    # the restart cut the WebSocket; the session runs on, and the page works again
+    expect(uma.locator("#ws-state")).to_have_text("closed")
+    uma.reload()
+    expect(uma.locator("#note")).to_have_text("first")  # the same app process
+    uma.fill("#note-text", "second")
+    uma.click("#note-save")
+    expect(uma.locator("#note")).to_have_text("second")
+    uma.click("#ws-open")
+    expect(uma.locator("#ws-state")).to_have_text("open")
+    uma.fill("#ws-text", "after the restart")
+    uma.click("#ws-send")
+    expect(uma.locator(".ws-reply")).to_have_text(["echo:after the restart"])
+    assert _session(portal, token, session_id)["state"] == "ready"
+    otto.reload()  # the other user's log-on outlived the restart too; still no way in
+    otto.goto(f"{portal.url}/s/{session_id}/live")
+    expect(otto.locator("h1")).to_have_text("No such session")
+
+    # an app that stops answering says so, with its log, and can be ended from there
+    assert _fetch(portal, f"/s/{session_id}/api/deaf", token) == b"{}"
+    uma.reload()
+    expect(uma.locator("h1")).to_have_text("The app does not answer")
+    expect(uma.locator("#session-log")).to_contain_text("web: not listening any more")
+    expect(uma.locator("#session-retry")).to_be_visible()
+    uma.click("#session-terminate")
+    expect(uma.locator("h1")).to_have_text("This session has ended")
+    expect(uma.locator("#session-message")).to_contain_text("ended by you")
+    assert _session(portal, token, session_id)["state"] == "stopped"
 
 
 def test_an_app_that_never_answers_shows_why_on_the_launch_page(

@@ -19,6 +19,7 @@ from aimms_portal.services import app_access, apps
 from aimms_portal.ui.components import confirm_dialog, data_table, size_label
 from aimms_portal.ui.layout import shell
 from aimms_portal.ui.pages.catalogue import app_icon, icon_url
+from aimms_portal.ui.pages.launch import desktop_dialog, launch_menu
 from aimms_portal.ui.state import call_as_user, failure, path_segments, when
 
 RIGHTS = [r.value for r in AppRight]
@@ -226,13 +227,7 @@ def _header() -> rx.Component:
             min_width="0",
         ),
         rx.vstack(
-            rx.cond(
-                AppState.can_run,
-                rx.link(
-                    rx.button(rx.icon("play", size=16), "Launch", id="app-launch"),
-                    href="/launch/" + AppState.name,
-                ),
-            ),
+            rx.cond(AppState.can_run, launch_menu(AppState.name, "app-launch")),
             rx.cond(
                 AppState.can_write,
                 rx.link(
@@ -532,6 +527,7 @@ def _dialogs() -> rx.Component:
 def app_page() -> rx.Component:
     return shell(
         "",
+        desktop_dialog(),
         rx.cond(
             AppState.missing != "",
             rx.callout(

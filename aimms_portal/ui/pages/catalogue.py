@@ -15,6 +15,7 @@ from reflex.vars import ObjectVar
 from aimms_portal.errors import PortalError
 from aimms_portal.services import apps
 from aimms_portal.ui.layout import shell
+from aimms_portal.ui.pages.launch import desktop_dialog, launch_menu
 from aimms_portal.ui.state import SessionState, call_as_user, failure
 
 ALL = "all"
@@ -156,10 +157,7 @@ def _card(card: ObjectVar[dict[str, str]]) -> rx.Component:
             rx.hstack(
                 rx.cond(
                     card["run"] == "yes",
-                    rx.link(
-                        rx.button(rx.icon("play", size=14), "Launch", size="2"),
-                        href="/launch/" + card["name"],
-                    ),
+                    launch_menu(card["name"], "app-card-launch-" + card["name"]),
                     rx.text("You may see this app but not run it.", size="1", color_scheme="gray"),
                 ),
                 rx.link(
@@ -249,6 +247,7 @@ def catalogue_page() -> rx.Component:
     return shell(
         "Apps",
         _toolbar(),
+        desktop_dialog(),
         rx.cond(
             CatalogueState.cards,
             rx.grid(

@@ -8,6 +8,10 @@ follows the session about every second, showing its state and timeline, until it
 (the reason and the last lines of its log, with "Try again"). The loop stops early as
 the Jobs page's loop does (see :mod:`aimms_portal.ui.pages.jobs`). The page also shows
 the commands that run the release on the user's own computer instead.
+
+:func:`launch_menu` is the Launch button of the catalogue and the app page: "In the
+browser" starts a WebUI session here (``?start=1``), "Run on my computer" shows the
+same commands as this page in :func:`desktop_dialog`.
 """
 
 from __future__ import annotations
@@ -80,11 +84,21 @@ def session_timeline(session: Session, *, actor: User, session_id: int) -> list[
     ]
 
 
+def desktop_commands(app: str, version: str) -> dict[str, str]:
+    """The commands that run release ``version`` of ``app`` on the user's own computer:
+    log on to this portal once, then start it (quoted for a POSIX shell)."""
+    return {
+        "desktop_login": f"aimms-portal login {shlex.quote(get_settings().public_url)}",
+        "desktop_command": (
+            f"aimms-portal desktop {shlex.quote(app)} --version {shlex.quote(version)}"
+        ),
+    }
+
+
 def _target(session: Session, *, actor: User, name: str, version: str | None) -> dict[str, str]:
     app, release = apps.resolve_launch(session, actor=actor, name=name, version=version)
     manifest = json.loads(release.manifest)
     runtime = apps.runtime_labels(session, [release]).get(release.id or 0, "?")
-    public_url = get_settings().public_url
     return {
         "name": app.name,
         "title": app.title or app.name,
@@ -93,10 +107,7 @@ def _target(session: Session, *, actor: User, name: str, version: str | None) ->
         "webui": "yes" if (manifest.get("webui") or {}).get("command") else "",
         "procedures": ", ".join(sorted(manifest.get("procedures") or {})) or "none",
         "latest": "yes" if release.id == app.latest_release_id else "",
-        "desktop_login": f"aimms-portal login {shlex.quote(public_url)}",
-        "desktop_command": (
-            f"aimms-portal desktop {shlex.quote(app.name)} --version {shlex.quote(release.version)}"
-        ),
+        **desktop_commands(app.name, release.version),
     }
 
 
@@ -521,3 +532,99 @@ def launch_page() -> rx.Component:
 
 def launch_version_page() -> rx.Component:
     return _launch()
+
+
+# -- the Launch menu (catalogue, app page) -------------------------------------------------
+
+
+def _desktop_target(session: Session, *, actor: User, name: str) -> dict[str, str]:
+    # the release a launch of the app would start (rights checked, as the launch page does)
+    app, release = apps.resolve_launch(session, actor=actor, name=name)
+    return {"title": app.title or app.name, **desktop_commands(app.name, release.version)}
+
+
+class LaunchMenuState(rx.State):
+    """The "Run on my computer" dialog of a Launch menu."""
+
+    desktop_open: bool = False
+    desktop: dict[str, str] = {}
+
+    @rx.event
+    async def show_desktop(self, name: str) -> Any:
+        """Show the commands for the latest release of ``name`` (if the user may run it)."""
+        try:
+            self.desktop = await call_as_user(self, _desktop_target, name=str(name)[:200])
+        except PortalError as exc:
+            self.desktop, self.desktop_open = {}, False
+            return failure(exc)
+        self.desktop_open = True
+        return None
+
+    @rx.event
+    def set_desktop_open(self, open_: bool) -> None:
+        self.desktop_open = open_
+
+
+def launch_menu(name: Any, element_id: Any, size: str = "2") -> rx.Component:
+    """The Launch button of app ``name``: a menu of "In the browser" and "Run on my
+    computer" (the page shows :func:`desktop_dialog` once for all its menus)."""
+    return rx.menu.root(
+        rx.menu.trigger(
+            rx.button(
+                rx.icon("play", size=14),
+                "Launch",
+                rx.icon("chevron-down", size=14),
+                size=size,  # type: ignore[arg-type]
+                id=element_id,
+            ),
+        ),
+        rx.menu.content(
+            rx.menu.item(
+                rx.icon("globe", size=14),
+                "In the browser",
+                on_click=rx.redirect("/launch/" + name + "?start=1"),
+                id="launch-menu-browser",
+            ),
+            rx.menu.item(
+                rx.icon("laptop", size=14),
+                "Run on my computer",
+                on_click=LaunchMenuState.show_desktop(name),
+                id="launch-menu-desktop",
+            ),
+            rx.menu.separator(),
+            rx.menu.item(
+                "Release and details…",
+                on_click=rx.redirect("/launch/" + name),
+                id="launch-menu-page",
+            ),
+        ),
+    )
+
+
+def desktop_dialog() -> rx.Component:
+    """The commands of the "Run on my computer" item, to copy."""
+    desktop = LaunchMenuState.desktop
+    return rx.dialog.root(
+        rx.dialog.content(
+            rx.dialog.title("Run " + desktop["title"] + " on your computer"),
+            rx.dialog.description(
+                "Run the app on your own computer with the aimms-portal command (installed "
+                "from the portal's repository, see its README); it stays connected to this "
+                "portal. Log on once, then start the release:",
+                size="2",
+            ),
+            rx.vstack(
+                _copyable(desktop["desktop_login"], "launch-menu-login"),
+                _copyable(desktop["desktop_command"], "launch-menu-command"),
+                spacing="2",
+                margin_y="1em",
+            ),
+            rx.flex(
+                rx.dialog.close(rx.button("Close", variant="soft", id="launch-menu-close")),
+                justify="end",
+            ),
+            id="launch-menu-dialog",
+        ),
+        open=LaunchMenuState.desktop_open,
+        on_open_change=LaunchMenuState.set_desktop_open,
+    )
