@@ -23,6 +23,10 @@ How a desktop session ends:
   and the app's last lines.
 - The portal ends the session (terminated from the Sessions page, culled at its longest
   lifetime or after a silence): its next heartbeat learns it, and the app is stopped.
+- This process is killed outright (SIGKILL, a crash): the portal, hearing no more
+  heartbeats, ends the session as failed after ``AIMMS_PORTAL_JOB_LEASE_SECONDS`` and
+  frees its seat. Known limit: nothing here outlives a SIGKILL to stop the app, which
+  goes on running (its solves are refused: the session has ended) until it is closed.
 
 It needs a POSIX system: the app runs as a process group of its own.
 """
