@@ -18,7 +18,6 @@ from aimms_portal.auth import tokens
 from aimms_portal.config import get_settings
 from aimms_portal.db import session_scope
 from aimms_portal.errors import NotAuthenticated, PermissionDenied
-from aimms_portal.models import Role, User
 from aimms_portal.scheduler.lifecycle import SESSION_TOKEN_PREFIX
 from aimms_portal.services import auth, runner_ops
 from aimms_portal.services.auth import Caller
@@ -61,17 +60,6 @@ def _bearer(request: Request) -> str | None:
     return value.strip()
 
 
-_ADMIN = Role.admin.value
-
-
-def _effective_user(caller: Caller) -> User:
-    # a token without the admin scope acts with at most publisher rights
-    user = caller.user
-    if caller.scopes is not None and "admin" not in caller.scopes and user.role == _ADMIN:
-        return User.model_validate(user.model_dump() | {"role": Role.publisher.value})
-    return user
-
-
 #: What an app session's token may reach besides the runner's own routes: the calls an
 #: app makes to hand solves over (jobs, cases) and to find its way (apps, me).
 SESSION_TOKEN_ROUTES = ("/api/v1/jobs", "/api/v1/cases", "/api/v1/apps", "/api/v1/me")
@@ -91,7 +79,7 @@ def _caller_from_session_token(request: Request, token: str) -> Caller:
     )
     # an admin's app acts with an admin's rights only where a publisher has them
     return Caller(
-        user=_effective_user(caller), scopes=caller.scopes, app_session_id=caller.app_session_id
+        user=auth.effective_user(caller), scopes=caller.scopes, app_session_id=caller.app_session_id
     )
 
 
@@ -150,7 +138,7 @@ async def get_caller(request: Request) -> Caller:
             raise PermissionDenied(
                 f"This API token lacks the {needed!r} scope.", code="insufficient_scope"
             )
-    user = _effective_user(caller)
+    user = auth.effective_user(caller)
     if user is caller.user:
         return caller
     return Caller(

@@ -55,11 +55,18 @@ from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aimms_portal.aio import run_blocking
-from aimms_portal.api.deps import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE
+from aimms_portal.api.deps import CSRF_COOKIE, CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE
 from aimms_portal.api.upstream import Answer, Upstream, UpstreamError
 from aimms_portal.auth.tokens import API_TOKEN_PREFIX
 from aimms_portal.db import session_scope
-from aimms_portal.errors import Conflict, Gone, NotAuthenticated, NotFound, PortalError
+from aimms_portal.errors import (
+    Conflict,
+    Gone,
+    NotAuthenticated,
+    NotFound,
+    PermissionDenied,
+    PortalError,
+)
 from aimms_portal.models import AppSession, User
 from aimms_portal.scheduler.lifecycle import SESSION_TOKEN_PREFIX
 from aimms_portal.services import auth, sessions
@@ -129,17 +136,22 @@ async def close_clients() -> None:
 # -- who may pass -------------------------------------------------------------------------
 
 
-def _caller(cookies: dict[str, str], authorization: str | None) -> User:
+def _caller(cookies: dict[str, str], authorization: str | None, *, changes: bool = False) -> User:
     """The user behind the request's API token or, without an ``Authorization`` header,
-    its log-on cookie.
+    its log-on cookie, with the rights the credentials carry.
 
     The portal's CSRF check does not apply: the app behind the proxy answers for its own
-    requests, and the SameSite=Lax cookie never rides on another site's changes.
+    requests, and the SameSite=Lax cookie never rides on another site's changes. An API
+    token's scopes apply as on the REST API: ``read`` to pass at all, ``write`` for a
+    request that may change something (``changes``: not GET, HEAD or OPTIONS, or a
+    WebSocket), and an admin's token without ``admin`` opens only the admin's own
+    sessions.
 
     Raises:
         NotAuthenticated: no credentials, or ones that are not valid (the message says
             what was wrong); code ``invalid_token`` for an ``Authorization`` header that
             holds no API token at all.
+        PermissionDenied: ``insufficient_scope``: the token lacks the scope needed.
     """
     with session_scope() as session:
         if authorization:
@@ -159,15 +171,23 @@ def _caller(cookies: dict[str, str], authorization: str | None) -> User:
                 )
             if not token.startswith(API_TOKEN_PREFIX):
                 raise NotAuthenticated("The API token is not valid.", code="invalid_token")
-            return auth.caller_from_token(session, token).user
+            caller = auth.caller_from_token(session, token)
+            needed = "write" if changes else "read"
+            if caller.scopes is not None and needed not in caller.scopes:
+                raise PermissionDenied(
+                    f"This API token lacks the {needed!r} scope.", code="insufficient_scope"
+                )
+            return auth.effective_user(caller)
         secret = cookies.get(SESSION_COOKIE)
         if not secret:
             raise NotAuthenticated("Please log on.")
         return auth.caller_from_session(session, secret).user
 
 
-def _target(cookies: dict[str, str], authorization: str | None, session_id: int) -> AppSession:
-    user = _caller(cookies, authorization)
+def _target(
+    cookies: dict[str, str], authorization: str | None, session_id: int, *, changes: bool
+) -> AppSession:
+    user = _caller(cookies, authorization, changes=changes)
     with session_scope() as session:
         return sessions.proxy_target(session, actor=user, session_id=session_id)
 
@@ -194,9 +214,13 @@ class _Passes:
         self._lock = threading.Lock()
 
     @staticmethod
-    def key(secret: bytes, authorization: bytes, session_id: int) -> tuple[bytes, int]:
-        """The key of a pass: the credentials presented (hashed) and the session."""
-        return hashlib.sha256(b"%b|%b" % (authorization, secret)).digest(), session_id
+    def key(
+        secret: bytes, authorization: bytes, session_id: int, changes: bool
+    ) -> tuple[bytes, int]:
+        """The key of a pass: the credentials presented (hashed), whether the request
+        may change something (a token's scopes tell those apart) and the session."""
+        kind = b"w" if changes and authorization else b"r"
+        return hashlib.sha256(b"%b|%b|%b" % (kind, authorization, secret)).digest(), session_id
 
     def get(self, key: tuple[bytes, int]) -> str | None:
         entry = self._passes.get(key)
@@ -280,37 +304,40 @@ _activity = _Activity()
 sessions.on_ending(forget_session)
 
 
-async def _address(secret: bytes, authorization: bytes, session_id: int) -> str:
+async def _address(secret: bytes, authorization: bytes, session_id: int, changes: bool) -> str:
     """Where the session's app answers, if the caller may go there (see :class:`_Passes`).
 
     ``secret`` is the log-on cookie's value, ``authorization`` the header's (empty for
-    none; both as the request carried them). Concurrent requests with the
-    same credentials for the same session share one check: a page's many requests, or
-    all of them when a pass expires under load, ask the database once, not once each.
+    none; both as the request carried them); ``changes``: not a safe method. Concurrent
+    requests with the same credentials for the same session share one check: a page's
+    many requests, or all of them when a pass expires under load, ask the database once,
+    not once each.
 
     Raises:
         PortalError: the caller may not, or the session is not ready.
     """
-    key = _Passes.key(secret, authorization, session_id)
+    key = _Passes.key(secret, authorization, session_id, changes)
     address = _passes.get(key)
     if address is not None:
         return address
     checks = _state().checks
     check = checks.get(key)
     if check is None:
-        check = asyncio.ensure_future(_check(key, secret, authorization, session_id))
+        check = asyncio.ensure_future(_check(key, secret, authorization, session_id, changes))
         checks[key] = check
         check.add_done_callback(lambda _: checks.pop(key, None))
     # shielded: one caller going away does not cancel the check the others wait for
     return await asyncio.shield(check)
 
 
-async def _check(key: tuple[bytes, int], secret: bytes, authorization: bytes, sid: int) -> str:
+async def _check(
+    key: tuple[bytes, int], secret: bytes, authorization: bytes, sid: int, changes: bool
+) -> str:
     epoch = _passes.epoch
     cookies = {SESSION_COOKIE: secret.decode("latin-1")} if secret else {}
     header = authorization.decode("latin-1") or None
     try:
-        target = await run_blocking(_target, cookies, header, sid)
+        target = await run_blocking(_target, cookies, header, sid, changes=changes)
     except (Gone, Conflict):
         _passes.forget_session(sid)  # ended or restarting: nobody else passes either
         raise
@@ -340,7 +367,7 @@ def _wants_html(request: Request) -> bool:
 
 #: The code of the refusal for a session whose app does not answer (502).
 APP_DOWN = "app_down"
-_STATUS = {NotAuthenticated: 401, NotFound: 404, Gone: 410, Conflict: 503}
+_STATUS = {NotAuthenticated: 401, PermissionDenied: 403, NotFound: 404, Gone: 410, Conflict: 503}
 
 
 def _status(exc: PortalError) -> int:
@@ -396,6 +423,8 @@ async def _refusal(request: Request, session_id: int, exc: PortalError) -> Respo
     title = "No such session"
     if isinstance(exc, NotAuthenticated):
         title, details = "Not logged on", ""
+    elif isinstance(exc, PermissionDenied):
+        title, details = "Not allowed", ""
     elif isinstance(exc, Gone):
         title = "This session has ended"
         app = await run_blocking(_relaunch_app, dict(request.cookies), credentials, session_id)
@@ -592,7 +621,8 @@ async def _forward(session_id: int, scope: Scope, receive: Receive, send: Send) 
     """
     request = _Request(scope)
     try:
-        address = await _address(request.secret, request.authorization, session_id)
+        changes = request.method not in SAFE_METHODS
+        address = await _address(request.secret, request.authorization, session_id, changes)
     except PortalError as exc:
         response = await _refusal(Request(scope, receive), session_id, exc)
         await response(scope, receive, send)
@@ -722,8 +752,13 @@ class SessionProxy:
 async def proxy_websocket(websocket: WebSocket, session_id: int, path: str) -> None:
     """Relay one WebSocket between the browser and the session's app."""
     try:
+        # a WebSocket carries changes as readily as a POST
         target = await run_blocking(
-            _target, dict(websocket.cookies), websocket.headers.get("authorization"), session_id
+            _target,
+            dict(websocket.cookies),
+            websocket.headers.get("authorization"),
+            session_id,
+            changes=True,
         )
     except PortalError as exc:
         # refused before the upgrade: the browser sees the handshake fail at once

@@ -24,7 +24,7 @@ from sqlmodel import Session, select
 from aimms_portal.auth import passwords, tokens
 from aimms_portal.cache import ExactCache
 from aimms_portal.errors import NotAuthenticated, PermissionDenied
-from aimms_portal.models import ApiToken, BrowserSession, User, utcnow
+from aimms_portal.models import ApiToken, BrowserSession, Role, User, utcnow
 from aimms_portal.services import audit
 
 logger = logging.getLogger(__name__)
@@ -263,6 +263,15 @@ def caller_from_session(session: Session, session_secret: str, *, cache: bool = 
         last_used_at=browser_session.last_seen_at,
         stamp=stamp,
     )
+
+
+def effective_user(caller: Caller) -> User:
+    """The user whose rights ``caller`` acts with: an admin's token without the
+    ``admin`` scope (and an admin's app session) acts with at most publisher rights."""
+    user = caller.user
+    if caller.scopes is not None and "admin" not in caller.scopes and user.is_admin:
+        return User.model_validate(user.model_dump() | {"role": Role.publisher.value})
+    return user
 
 
 def caller_from_token(session: Session, token: str, *, cache: bool = True) -> Caller:

@@ -32,7 +32,7 @@ from aimms_portal.db import session_scope
 from aimms_portal.errors import Conflict, Gone, NotAuthenticated, NotFound, PortalError
 from aimms_portal.models import AppSession, RuntimeVersion, SigningKey, User
 from aimms_portal.packages import pack_app
-from aimms_portal.services import app_access, apps, sessions, signing_keys
+from aimms_portal.services import app_access, apps, sessions, signing_keys, tokens
 from aimms_portal.storage import get_storage
 from tests.api.support import error, quick_user
 from tests.api.test_upstream import Handler, Served, answer, read_request, serving
@@ -228,6 +228,42 @@ def test_only_the_owner_and_admins_get_through(
     assert body == {"error": {"code": "not_found", "message": f"No session {session['id']}."}}
     status, body = _ws_refusal(ws_url)
     assert (status, body["error"]["message"]) == (401, "Please log on.")
+
+
+def test_api_tokens_pass_with_their_scopes(solve_portal: SolvePortal, owner: httpx.Client) -> None:
+    session = _ready(owner)
+    base = session["url"]
+    uma = solve_portal.user
+    boss = quick_user("chief", "admin")
+
+    def token(user: User, *scopes: str) -> dict[str, str]:
+        with session_scope() as db_session:
+            _, secret = tokens.create_token(
+                db_session, actor=user, name="proxy", scopes=list(scopes)
+            )
+        return {"Authorization": f"Bearer {secret}", "Accept": "application/json"}
+
+    with httpx.Client(base_url=solve_portal.url, timeout=30, trust_env=False) as client:
+        before = _reached_the_app(owner, session)
+        # the owner's read-only token may look, not change
+        reader = token(uma, "read")
+        assert client.get(f"{base}api/count", headers=reader).status_code == 200
+        refused = client.post(f"{base}api/echo", content=b"x", headers=reader)
+        assert (
+            error(refused, 403, "insufficient_scope") == "This API token lacks the 'write' scope."
+        )
+        status, body = _ws_refusal(_ws_url(solve_portal, session), reader)
+        assert status == 403 and body["error"]["code"] == "insufficient_scope"
+        writer = token(uma, "read", "write")
+        assert client.post(f"{base}api/echo", content=b"x", headers=writer).status_code == 200
+        # an admin's token opens another user's session only with the admin scope
+        plain = token(boss, "read", "write")
+        assert error(client.get(base, headers=plain), 404, "not_found") == (
+            f"No session {session['id']}."
+        )
+        assert client.get(base, headers=token(boss, "read", "write", "admin")).status_code == 200
+        # what was refused never reached the app: two GETs, one POST and this count did
+        assert _reached_the_app(owner, session) == before + 4
 
 
 def test_an_app_that_never_answers_says_why(
@@ -654,7 +690,9 @@ class _Checks:
         self.refuse: PortalError | None = None
         self.during: Callable[[], None] | None = None
 
-    def __call__(self, cookies: dict[str, str], authorization: str | None, sid: int) -> _Ready:
+    def __call__(
+        self, cookies: dict[str, str], authorization: str | None, sid: int, *, changes: bool
+    ) -> _Ready:
         self.calls.append((cookies, authorization, sid))
         time.sleep(0.05)  # long enough for concurrent requests to overlap
         if self.during is not None:
