@@ -4,10 +4,11 @@ Runs only in the leader (see :mod:`aimms_portal.scheduler.service`). One round:
 
 1. scheduled jobs whose time has come join the queue;
 2. the head of the queue is walked in order; each job the per-user and per-app limits
-   admit goes to an idle (warm) session of its release and user, or else to a new
-   session while the session limit allows; when the limit is reached and some sessions
-   are idle (warm for other releases or users), the longest idle one is stopped to make
-   room;
+   admit (counted under the claim locks of its user and app, see
+   :func:`~aimms_portal.scheduler.queue.hold_claims`) goes to an idle (warm) session of
+   its release and user, or else to a new session while the session limit allows; when
+   the limit is reached and some sessions are idle (warm for other releases or users),
+   the longest idle one is stopped to make room;
 3. after the unit of work has committed, new sessions are started by the launcher.
 
 A crash between 2 and 3 leaves sessions in ``pending`` without a handle; the reaper
@@ -34,11 +35,14 @@ from aimms_portal.models import (
     SessionKind,
     SessionState,
 )
-from aimms_portal.scheduler import lifecycle
+from aimms_portal.scheduler import lifecycle, signals
 from aimms_portal.scheduler.queue import (
     Limits,
+    Load,
+    active_jobs,
     assign,
     current_load,
+    hold_claims,
     lock_queued,
     promote_due,
     queued_candidates,
@@ -93,9 +97,18 @@ def dispatch_once(launcher: Launcher, settings: Settings) -> int:
         promote_due(session)
         load = current_load(session)
         releases: dict[int, Release] = {}
+        held: set[tuple[int, int]] = set()
+        busy = False
         for candidate in queued_candidates(session, lock=False):
             if not load.allows(candidate, limits):
                 continue
+            if (candidate.owner_id, candidate.app_id) not in held:
+                if not _hold(session, candidate, load, limits):
+                    busy = True  # a session is claiming for this user or app right now
+                    continue
+                held.add((candidate.owner_id, candidate.app_id))
+                if not load.allows(candidate, limits):
+                    continue
             # lock only the jobs handed out: sessions claiming their next job skip them
             job = lock_queued(session, candidate.id or 0)
             if job is None:
@@ -143,12 +156,27 @@ def dispatch_once(launcher: Launcher, settings: Settings) -> int:
                 continue
             load.take(job)
             assigned += 1
+        if busy:  # another round right after this one commits, not a poll later
+            signals.announce(session, signals.QUEUE)
 
     for start in starts:
         _start(launcher, start)
     for session_id, handle in to_stop:
         stop_session(launcher, session_id, handle)
     return assigned
+
+
+def _hold(session: Session, job: Job, load: Load, limits: Limits) -> bool:
+    """Hold the claim locks of ``job``'s user and app without waiting, and count their
+    jobs in progress afresh (the round's first count may miss a claim committed since);
+    False if another claimer holds them."""
+    if not hold_claims(
+        session, owner_id=job.owner_id, app_id=job.app_id, limits=limits, wait=False
+    ):
+        return False
+    load.by_user[job.owner_id] = active_jobs(session, owner_id=job.owner_id)
+    load.by_app[job.app_id] = active_jobs(session, app_id=job.app_id)
+    return True
 
 
 def _warm_session(session: Session, job: Job) -> AppSession | None:

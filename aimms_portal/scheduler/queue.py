@@ -9,11 +9,15 @@ for its next job) never take the same job, and neither waits for the other. SQLi
 runs one unit of work at a time (see :mod:`aimms_portal.db`), which gives the same
 guarantee by serializing.
 
-Known shortcomings: the capacity limits are checked by counting the jobs in progress,
-without serializing claimers, so claimers at the very same moment (sessions, the
-dispatcher) can each see room for one more job and together exceed a limit briefly.
-Throughput is about half of procrastinate's on the same database (issue 4 asks for five
-times): each job takes three fenced changes in two units of work (docs/benchmarks.md).
+Capacity: the limits per user and per app are checked by counting the jobs in progress.
+So that two claimers at once cannot both see room for the last job a limit allows, a
+claim first holds PostgreSQL advisory locks of its user and its app (until its unit of
+work ends) and counts after that: claims for different users and apps still run side
+by side; claims that share either wait for each other (see :func:`hold_claims`).
+
+Known shortcoming: throughput is about half of procrastinate's on the same database
+(issue 4 asks for five times): each job takes three fenced changes in two units of work
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, update
+from sqlalchemy import bindparam, func, text, update
 from sqlmodel import Session, col, select
 
 from aimms_portal.config import Settings
+from aimms_portal.db import is_sqlite
 from aimms_portal.models import (
     ACTIVE_STATES,
     ENDED_SESSION_STATES,
@@ -49,6 +54,57 @@ CANDIDATES = 200
 SESSION_CANDIDATES = 20
 
 _ACTIVE = [s.value for s in ACTIVE_STATES]
+
+#: The classes of the two-key advisory locks that serialize claims per user and per app
+#: (any numbers: PostgreSQL keeps two-key locks apart from the one-key locks elsewhere).
+_USER_LOCK, _APP_LOCK = 4711, 4712
+
+
+@functools.cache
+def _lock_statement(user: bool, app: bool, wait: bool) -> Any:
+    calls = [
+        f"pg_{'' if wait else 'try_'}advisory_xact_lock({cls}, :{key})"
+        for cls, key, wanted in ((_USER_LOCK, "u", user), (_APP_LOCK, "a", app))
+        if wanted
+    ]
+    # one call after the other, left to right: the user's lock first
+    return text("SELECT " + (", " if wait else " AND ").join(calls))
+
+
+def hold_claims(
+    session: Session, *, owner_id: int, app_id: int, limits: Limits, wait: bool = True
+) -> bool:
+    """Hold the claim locks of a user and an app until ``session``'s unit of work ends;
+    whether they are held.
+
+    Count the jobs in progress only after this: another claimer of the same user or app
+    has committed by then (its jobs count) or waits for this one. Blocking claimers
+    (``wait``: the sessions taking their next job) lock the user first, then the app,
+    so they never wait for each other in a circle; the dispatcher, which takes the
+    locks of many users and apps in one round, never waits (``wait=False``) and skips a
+    job whose locks another claimer holds.
+
+    A limit that is not below the number of solve sessions can never be reached (every
+    job in progress has a session of its own), so it needs no lock: with the default
+    limits only claims of the same user wait for each other, and with limits as high as
+    the sessions' none do. SQLite runs one unit of work at a time and needs no locks.
+    """
+    user = limits.per_user < limits.sessions
+    app = limits.per_app < limits.sessions
+    if not (user or app) or is_sqlite(session):
+        return True
+    held = session.execute(_lock_statement(user, app, wait), {"u": owner_id, "a": app_id}).scalar()
+    return wait or bool(held)
+
+
+def active_jobs(session: Session, *, owner_id: int | None = None, app_id: int | None = None) -> int:
+    """How many jobs are in progress for a user or an app (as this statement sees it)."""
+    statement = select(func.count()).select_from(Job).where(col(Job.state).in_(_ACTIVE))
+    if owner_id is not None:
+        statement = statement.where(Job.owner_id == owner_id)
+    if app_id is not None:
+        statement = statement.where(Job.app_id == app_id)
+    return int(session.exec(statement).one())
 
 
 @dataclass(frozen=True)
@@ -247,6 +303,7 @@ def claim_for_session(
         session,
         session_id=app_session.id or 0,
         owner_id=app_session.owner_id,
+        app_id=app_session.app_id,
         release_id=app_session.release_id,
         limits=limits,
         lease=lease,
@@ -263,6 +320,7 @@ def claim_next(
     *,
     session_id: int,
     owner_id: int,
+    app_id: int,
     release_id: int | None,
     limits: Limits,
     lease: timedelta,
@@ -278,8 +336,12 @@ def claim_next(
     jobs (those another claimer holds are skipped, ``SKIP LOCKED``), admitted by the
     jobs in progress of its user and app, and updated only if it is the session's own.
     The caller has locked the session (a ready solve session without a job) and records
-    the job on it.
+    the job on it. The claim locks of the session's user and app are held first (see
+    :func:`hold_claims`), so the counts include every other claim of theirs.
     """
+    if release_id is None:  # its release was deleted: nothing in the queue is for it
+        return None
+    hold_claims(session, owner_id=owner_id, app_id=app_id, limits=limits)
     now = utcnow()
     params = {
         "p_per_user": limits.per_user,

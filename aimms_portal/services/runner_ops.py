@@ -620,6 +620,7 @@ def finish_job(
             session,
             session_id=runner.app_session.id or 0,
             owner_id=freed.owner_id,
+            app_id=freed.app_id,
             release_id=freed.release_id,
             limits=Limits.from_settings(settings),
             lease=timedelta(seconds=settings.job_lease_seconds),
@@ -643,7 +644,7 @@ def _free_session_statement() -> Any:
         update(sessions)
         .where(c.id == bindparam("p_id"))
         .values(job_id=None, last_heartbeat_at=bindparam("p_now"))
-        .returning(c.kind, c.state, c.idle_since, c.owner_id, c.release_id)
+        .returning(c.kind, c.state, c.idle_since, c.owner_id, c.app_id, c.release_id)
     )
 
 

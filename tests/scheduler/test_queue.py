@@ -359,29 +359,71 @@ def test_a_repeated_started_report_only_renews_the_lease(
     assert [state for state, _ in _hook_states(job_id)] == []  # no hook: nothing queued
 
 
-@pytest.mark.skipif(USE_SQLITE, reason="SQLite runs one unit of work at a time")
-def test_a_claiming_session_holds_only_the_job_it_takes(
-    people: tuple[User, User, User], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings = _settings(monkeypatch, max_solve_sessions="2")
-    _, uma, _ = people
-    warmups = [_submit(uma), _submit(uma)]
+def _warm_sessions(monkeypatch: pytest.MonkeyPatch, *users: User) -> list[runner_ops.RunnerSession]:
+    """One warm, idle session of the test app per user in ``users`` (in that order)."""
+    settings = _settings(monkeypatch, max_solve_sessions=str(len(users)))
+    warmups = [_submit(user) for user in users]
     launcher = RecordingLauncher()
     dispatch_once(launcher, settings)
-    first, second = (_runner(spec) for spec in launcher.started)
-    for runner in (first, second):
+    runners = [_runner(spec) for spec in launcher.started]
+    by_job = {}
+    for runner in runners:
         job = _take(runner)
         assert job is not None and job.id in warmups
-        assert _finish(runner, job) is None  # both sessions are warm and idle now
-    head, after = _submit(uma), _submit(uma)
+        by_job[job.id] = runner
+        assert _finish(runner, job) is None  # warm and idle now
+    return [by_job[job_id] for job_id in warmups]
 
-    # the first session takes the head and has not committed yet; the second one passes
-    # over it (SKIP LOCKED) to the next job instead of finding nothing
+
+@pytest.mark.skipif(USE_SQLITE, reason="SQLite runs one unit of work at a time")
+def test_claiming_sessions_of_other_users_pass_each_other(
+    people: tuple[User, User, User], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, uma, ulf = people
+    umas, ulfs = _warm_sessions(monkeypatch, uma, ulf)
+    _settings(monkeypatch, max_jobs_per_user="1")  # the claims lock their users
+    head, after = _submit(uma), _submit(ulf)
+
+    # uma's session takes the head and has not committed yet; ulf's passes over it
+    # (SKIP LOCKED) to the next job instead of waiting or finding nothing
     with session_scope() as holding:
-        taken = runner_ops.next_job(holding, runner=first)
+        taken = runner_ops.next_job(holding, runner=umas)
         assert taken is not None and taken.id == head
         with session_scope() as session:
-            other = runner_ops.next_job(session, runner=second)
+            other = runner_ops.next_job(session, runner=ulfs)
             assert other is not None and other.id == after
 
     assert _states(head, after) == ["starting", "starting"]
+
+
+@pytest.mark.skipif(USE_SQLITE, reason="SQLite runs one unit of work at a time")
+def test_claims_at_once_never_exceed_a_users_limit(
+    people: tuple[User, User, User], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, uma, _ = people
+    first, second = _warm_sessions(monkeypatch, uma, uma)
+    _settings(monkeypatch, max_jobs_per_user="1")
+    head, after = _submit(uma), _submit(uma)
+
+    # the first session takes the head and holds its unit of work open
+    outcome: list[Job | None] = []
+    with session_scope() as holding:
+        taken = runner_ops.next_job(holding, runner=first)
+        assert taken is not None and taken.id == head
+        # the dispatcher, meanwhile, does not hand uma's next job to the idle session:
+        # it never waits for a claimer, it skips the job (and runs again soon)
+        assert dispatch_once(RecordingLauncher(), config.get_settings()) == 0
+        assert _states(after) == ["queued"]
+
+        # the second session claims: it waits, then counts the first claim, takes nothing
+        def claim() -> None:
+            with session_scope() as session:
+                outcome.append(runner_ops.next_job(session, runner=second))
+
+        waiting = threading.Thread(target=claim)
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive(), "the second claim did not wait for the first"
+    waiting.join(timeout=30)
+    assert outcome == [None]
+    assert _states(head, after) == ["starting", "queued"]
