@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,11 +31,14 @@ USE_SQLITE = os.environ.get("AIMMS_TEST_DB", "postgresql") == "sqlite"
 T = TypeVar("T")
 
 
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` in a thread of its own: Playwright's sync API keeps a loop
-    running on the main thread once a browser test has run in this process."""
+def run_async(
+    coro: Coroutine[Any, Any, T], runner: Callable[[Coroutine[Any, Any, T]], T] = asyncio.run
+) -> T:
+    """``asyncio.run`` (or another ``runner``) in a thread of its own: Playwright's sync
+    API keeps a loop running on the main thread once a browser test has run in this
+    process, and a test module may run after one on the same pytest worker."""
     with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
+        return pool.submit(runner, coro).result()
 
 
 @contextlib.contextmanager

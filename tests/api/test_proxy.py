@@ -36,7 +36,7 @@ from aimms_portal.services import app_access, apps, sessions, signing_keys, toke
 from aimms_portal.storage import get_storage
 from tests.api.support import error, quick_user
 from tests.api.test_upstream import Handler, Served, answer, read_request, serving
-from tests.helpers import PASSWORD
+from tests.helpers import PASSWORD, run_async
 from tests.solving import (
     MANIFEST,
     PROCEDURES_PY,
@@ -121,7 +121,7 @@ def _ws_refusal(url: str, headers: dict[str, str] | None = None) -> tuple[int, d
             pass
 
     with pytest.raises(websockets.InvalidStatus) as refused:
-        asyncio.run(connect())
+        run_async(connect())
     response = refused.value.response
     return response.status_code, json.loads(bytes(response.body or b""))
 
@@ -188,7 +188,7 @@ def test_a_webui_session_works_through_the_proxy(
             await ws.send("ping")
             return str(await ws.recv())
 
-    assert asyncio.run(talk()) == "echo:ping"
+    assert run_async(talk()) == "echo:ping"
     # traffic counts as activity
     assert owner.get(f"/api/v1/sessions/{session['id']}").json()["last_activity_at"]
 
@@ -221,7 +221,7 @@ def test_only_the_owner_and_admins_get_through(
             await ws.send("mine")
             return str(await ws.recv())
 
-    assert asyncio.run(as_owner()) == "echo:mine"
+    assert run_async(as_owner()) == "echo:mine"
     with contextlib.closing(_browser(solve_portal, other)) as olga:
         status, body = _ws_refusal(ws_url, _cookie(olga))
     assert status == 404
@@ -420,7 +420,7 @@ def test_traffic_and_an_open_websocket_keep_a_session_alive(
             assert await ws.recv() == "echo:still here"
             return seen
 
-    after_websocket = asyncio.run(hold_open())
+    after_websocket = run_async(hold_open())
     assert after_websocket > after_requests
 
     # left alone, it is culled
@@ -774,7 +774,7 @@ def test_the_app_gets_the_request_as_sent_but_never_the_portals_credentials(
             assert got.headers["x-app"] == "yes" and "keep-alive" not in got.headers
             assert checks.calls == [({"aimms_portal_session": "SECRET"}, "Bearer aimms_token", 7)]
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def test_what_reaches_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -812,7 +812,7 @@ def test_what_reaches_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
             assert "6.6.6.6" not in text and "evil.example" not in text
             assert seen[1].endswith(b"\r\n\r\na=1") and b"content-length: 3" in seen[1]
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def test_requests_at_once_share_one_pass_check(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -832,7 +832,7 @@ def test_requests_at_once_share_one_pass_check(monkeypatch: pytest.MonkeyPatch) 
             assert (await client.get("/s/7/x", headers=other)).status_code == 200
             assert len(checks.calls) == 2
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def test_a_pass_checked_while_its_session_ends_is_not_kept(
@@ -850,7 +850,7 @@ def test_a_pass_checked_while_its_session_ends_is_not_kept(
             assert refused.json()["error"]["code"] == "session_ended"
             assert len(checks.calls) == 2
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def test_refusals_say_why(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -878,7 +878,7 @@ def test_refusals_say_why(monkeypatch: pytest.MonkeyPatch) -> None:
             assert "Not logged on" in forged.text and "The API token is not valid." in forged.text
             assert len(checks.calls) == 4  # refusals are never kept
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def test_an_app_that_is_gone_or_breaks_off_gets_a_clear_502(
@@ -906,7 +906,7 @@ def test_an_app_that_is_gone_or_breaks_off_gets_a_clear_502(
             # the pass went with it: the next request is checked again
             assert len(checks.calls) == 2
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def test_head_and_bodies_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -919,7 +919,7 @@ def test_head_and_bodies_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
             assert after.text == "GET /s/7/after HTTP/1.1"
             assert served.connections == 1
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def test_an_id_spelled_otherwise_is_sent_to_its_usual_spelling() -> None:
@@ -931,7 +931,7 @@ def test_an_id_spelled_otherwise_is_sent_to_its_usual_spelling() -> None:
             bare = await client.get("/s/7")
             assert bare.status_code == 307 and bare.headers["location"] == "/s/7/"
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def test_a_caller_that_goes_away_while_sending_gets_nothing_and_breaks_nothing(
@@ -980,4 +980,4 @@ def test_a_caller_that_goes_away_while_sending_gets_nothing_and_breaks_nothing(
             assert bodies == [b"12345"]  # and the connection was closed, not kept
             assert served.connections == 1
 
-    asyncio.run(main())
+    run_async(main())

@@ -12,6 +12,7 @@ import pytest
 
 from aimms_portal.api import upstream
 from aimms_portal.api.upstream import Upstream, UpstreamError
+from tests.helpers import run_async
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -91,9 +92,9 @@ def run(request: pytest.FixtureRequest) -> Runner:
     """Runs a test's coroutine on the standard event loop, and on uvloop's (which Granian
     picks up in the portal): their transports differ in details."""
     if request.param == "asyncio":
-        return lambda coroutine: asyncio.run(coroutine)  # type: ignore[arg-type]
+        return lambda coroutine: run_async(coroutine)  # type: ignore[arg-type]
     uvloop = pytest.importorskip("uvloop")
-    return lambda coroutine: uvloop.run(coroutine)  # type: ignore[arg-type]
+    return lambda coroutine: run_async(coroutine, uvloop.run)  # type: ignore[arg-type]
 
 
 def test_a_connection_is_kept_for_the_next_request(run: Runner) -> None:
