@@ -10,6 +10,7 @@ defaults that are only safe on a laptop.
 from __future__ import annotations
 
 import functools
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
 
@@ -80,6 +81,33 @@ class Settings(BaseSettings):
     )
     browser_session_hours: int = Field(
         12, ge=1, le=24 * 30, description="Lifetime of a browser log-on."
+    )
+    login_failures_per_name: int = Field(
+        10,
+        ge=1,
+        description=(
+            "Failed log-ons for one user name from one address within the failure window "
+            "after which that name is refused from that address until the window has passed."
+        ),
+    )
+    login_failures_per_address: int = Field(
+        50,
+        ge=1,
+        description=(
+            "Failed log-ons from one address, whatever the user names, within the failure "
+            "window after which every log-on from that address is refused until it has passed."
+        ),
+    )
+    login_failure_window_minutes: int = Field(
+        15, ge=1, le=24 * 60, description="The window in which failed log-ons are counted."
+    )
+    trusted_proxies: str = Field(
+        "",
+        description=(
+            "Comma-separated addresses or networks (e.g. `10.0.0.0/8`) of reverse proxies "
+            "whose `X-Forwarded-For` names the client's address (for the audit log and the "
+            "log-on limits). Empty: the TCP peer is the client."
+        ),
     )
     runner_portal_url: str = Field(
         "",
@@ -199,6 +227,18 @@ class Settings(BaseSettings):
         ),
     )
 
+    @property
+    def trusted_proxy_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        return _networks(self.trusted_proxies)
+
+    @model_validator(mode="after")
+    def _check_trusted_proxies(self) -> Settings:
+        try:
+            _networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise ValueError(f"AIMMS_PORTAL_TRUSTED_PROXIES: {exc}") from exc
+        return self
+
     @model_validator(mode="after")
     def _refuse_insecure_production(self) -> Settings:
         if self.environment != "production":
@@ -246,6 +286,11 @@ class Settings(BaseSettings):
     def secure_cookies(self) -> bool:
         """Cookies carry `Secure` when users reach the portal over https."""
         return self.public_url.startswith("https://")
+
+
+@functools.cache
+def _networks(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    return tuple(ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
 
 
 @functools.cache

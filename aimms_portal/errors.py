@@ -70,6 +70,17 @@ class Unavailable(PortalError):
     code = "unavailable"
 
 
+class TooManyRequests(PortalError):
+    """Refused for now because of what this caller did before (e.g. failed log-ons);
+    ``retry_after`` says in how many seconds to try again."""
+
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
 class Gone(PortalError):
     """The object has ended for good (e.g. a session that stopped)."""
 

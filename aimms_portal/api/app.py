@@ -54,6 +54,7 @@ from aimms_portal.errors import (
     PermissionDenied,
     PortalError,
     TooLarge,
+    TooManyRequests,
     Unavailable,
 )
 
@@ -67,6 +68,7 @@ _STATUS: list[tuple[type[PortalError], int]] = [
     (Gone, 410),
     (TooLarge, 413),
     (InvalidInput, 422),
+    (TooManyRequests, 429),
     (Unavailable, 503),
 ]
 
@@ -104,6 +106,8 @@ async def _portal_error(request: Request, exc: Exception) -> JSONResponse:
             "%s %s: %s (%s)", request.method, request.url.path, exc.message, exc.log_detail
         )
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if isinstance(exc, TooManyRequests):
+        headers["Retry-After"] = str(exc.retry_after)
     return error_response(status, exc.code, exc.message, **headers)
 
 

@@ -9,7 +9,8 @@ methods, ``write`` for the others, ``admin`` to act as an admin.
 
 from __future__ import annotations
 
-from typing import Annotated
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 
@@ -30,8 +31,33 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def client_ip(request: Request) -> str:
-    """The address the request came from, for the audit log."""
-    return request.client.host if request.client else ""
+    """The address the request came from, for the audit log and the log-on limits.
+
+    The TCP peer's, unless the peer is one of the trusted reverse proxies: then the
+    last address in ``X-Forwarded-For`` that is not a trusted proxy (the ones before it
+    are the client's to write, and so proof of nothing).
+    """
+    peer = request.client.host if request.client else ""
+    trusted = get_settings().trusted_proxy_networks
+    if not trusted or not _within(peer, trusted):
+        return peer
+    forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
+    for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
+        try:
+            ip = ip_address(hop)
+        except ValueError:  # not an address: the proxy did not write that
+            return peer
+        if not _within(ip, trusted):
+            return str(ip)
+    return peer
+
+
+def _within(address: str | IPv4Address | IPv6Address, networks: tuple[Any, ...]) -> bool:
+    try:
+        ip = ip_address(address)
+    except ValueError:  # not an address (e.g. a test client's name)
+        return False
+    return any(ip in network for network in networks)
 
 
 def csrf_token(session_secret: str) -> str:

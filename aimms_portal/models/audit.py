@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import Index, text
 from sqlmodel import Field, SQLModel
 
 from aimms_portal.models.base import UTCDateTime, utcnow
@@ -30,3 +31,15 @@ class AuditEvent(SQLModel, table=True):
     source_ip: str = Field(default="", max_length=45)
     #: Free text with further detail; never a secret.
     detail: str = Field(default="", max_length=1000)
+
+
+_FAILED_LOG_ON = "action = 'auth.login' AND outcome = 'failure'"
+_events = AuditEvent.__table__.c  # type: ignore[attr-defined]
+# the failed log-ons of an address, newest first: what the log-on throttle counts
+Index(
+    "ix_audit_failed_logons",
+    _events.source_ip,
+    _events.created_at,
+    postgresql_where=text(_FAILED_LOG_ON),
+    sqlite_where=text(_FAILED_LOG_ON),
+)

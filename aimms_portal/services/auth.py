@@ -14,17 +14,19 @@ processes).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from aimms_portal.auth import passwords, tokens
 from aimms_portal.cache import ExactCache
-from aimms_portal.errors import NotAuthenticated, PermissionDenied
-from aimms_portal.models import ApiToken, BrowserSession, Role, User, utcnow
+from aimms_portal.config import get_settings
+from aimms_portal.errors import NotAuthenticated, PermissionDenied, TooManyRequests
+from aimms_portal.models import ApiToken, AuditEvent, BrowserSession, Role, User, utcnow
 from aimms_portal.services import audit
 
 logger = logging.getLogger(__name__)
@@ -157,13 +159,17 @@ def log_on(
 
     Returns the user and the cookie secret. The check costs the same whether or not
     the user exists. A failed attempt is audited and committed before the error is
-    raised, so it survives the caller's rollback.
+    raised, so it survives the caller's rollback. After too many failed attempts (see
+    :func:`_refuse_guessing`) the password is not even checked.
 
     Raises:
         NotAuthenticated: unknown user or wrong password (one message for both).
         PermissionDenied: right password, but the account is disabled.
+        TooManyRequests: too many failed log-ons for this name from this address, or
+            from this address at all, within the failure window.
     """
     name = username.strip().lower()[:64]
+    _refuse_guessing(session, name, source_ip)
     user = session.exec(select(User).where(User.username == name)).first()
     password_ok = passwords.verify_password(user.password_hash if user else None, password[:256])
 
@@ -209,6 +215,57 @@ def log_on(
     session.add(user)
     audit.record(session, action="auth.login", actor=user, target=user, source_ip=source_ip)
     return user, secret
+
+
+def _refuse_guessing(session: Session, name: str, source_ip: str) -> None:
+    """Refuse a log-on from an address that failed too often within the failure window,
+    for this user name or for any (password guessing, password spraying).
+
+    Counted from the audit log's failed log-ons, so every portal process sees the same
+    count. The refusal is the same whether or not the user exists, and the user can
+    still log on from elsewhere: one address cannot lock anyone out. The refusal is
+    audited (as ``refused``, which does not count as a failure) and committed.
+    """
+    settings = get_settings()
+    window = timedelta(minutes=settings.login_failure_window_minutes)
+    now = utcnow()
+    failures = select(AuditEvent.created_at).where(
+        AuditEvent.action == "auth.login",
+        AuditEvent.outcome == "failure",
+        AuditEvent.source_ip == source_ip[:45],
+        col(AuditEvent.created_at) > now - window,
+    )
+    for limit, statement, what in (
+        (settings.login_failures_per_address, failures, "from this address"),
+        (
+            settings.login_failures_per_name,
+            failures.where(AuditEvent.actor_name == name),
+            "for this user name from this address",
+        ),
+    ):
+        # the limit-th newest failure in the window: while it is there, so is the limit
+        turn = session.exec(
+            statement.order_by(col(AuditEvent.created_at).desc()).offset(limit - 1).limit(1)
+        ).first()
+        if turn is None:
+            continue
+        retry_after = max(1, math.ceil((turn + window - now).total_seconds()))
+        audit.record(
+            session,
+            action="auth.login",
+            actor_name=name,
+            outcome="refused",
+            source_ip=source_ip,
+            detail=f"{limit} or more failed log-ons {what} within {window}",
+        )
+        session.commit()
+        minutes = math.ceil(retry_after / 60)
+        raise TooManyRequests(
+            f"Too many failed log-ons {what}; try again in {minutes} "
+            f"minute{'s' if minutes != 1 else ''}.",
+            retry_after=retry_after,
+            code="too_many_failures",
+        )
 
 
 def log_off(session: Session, *, session_secret: str, source_ip: str = "") -> None:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
+from fastapi.testclient import TestClient
+from httpx import Response
+from sqlmodel import col, select
 
+from aimms_portal import config
+from aimms_portal.api.app import create_api
 from aimms_portal.api.deps import CSRF_HEADER, SESSION_COOKIE
 from aimms_portal.db import session_scope
-from aimms_portal.models import AuditEvent, BrowserSession
+from aimms_portal.models import AuditEvent, BrowserSession, utcnow
+from tests.api.support import CLIENT_IP, error
 from tests.helpers import PASSWORD, bearer, log_on
 
 pytestmark = pytest.mark.sqlite
@@ -62,6 +69,97 @@ def test_wrong_password_takes_as_long_as_unknown_user(client, make_user):
     unknown = min(timed("nobody") for _ in range(3))
     # both verify one Argon2 hash; without the dummy hash "unknown" would be ~100x faster
     assert unknown > known * 0.5
+
+
+def _throttle(monkeypatch: pytest.MonkeyPatch, per_name: int, per_address: int) -> None:
+    monkeypatch.setenv("AIMMS_PORTAL_LOGIN_FAILURES_PER_NAME", str(per_name))
+    monkeypatch.setenv("AIMMS_PORTAL_LOGIN_FAILURES_PER_ADDRESS", str(per_address))
+    config.get_settings.cache_clear()  # the db fixture clears it again afterwards
+
+
+GUESS = "a-guess"
+
+
+def _log_on_from(address: str, username: str, password: str = GUESS) -> Response:
+    with TestClient(create_api(), client=(address, 40000)) as other:
+        return other.post("/api/v1/auth/login", json={"username": username, "password": password})
+
+
+def test_guessing_a_password_is_refused_for_a_while(client, make_user, monkeypatch):
+    _throttle(monkeypatch, per_name=3, per_address=100)
+    make_user("ann")
+    for _ in range(3):
+        assert error(_log_on_from(CLIENT_IP, "ann"), 401, "wrong_credentials")
+
+    # the next try from that address is refused, even with the right password, and the
+    # same way for a name nobody has once it failed as often
+    refused = _log_on_from(CLIENT_IP, "ann", PASSWORD)
+    message = error(refused, 429, "too_many_failures")
+    assert message == (
+        "Too many failed log-ons for this user name from this address; try again in 15 minutes."
+    )
+    assert 14 * 60 < int(refused.headers["retry-after"]) <= 15 * 60
+    for _ in range(3):
+        _log_on_from(CLIENT_IP, "nobody")
+    assert error(_log_on_from(CLIENT_IP, "nobody"), 429, "too_many_failures") == message
+    # ann herself still logs on from elsewhere: one address locks nobody out
+    assert _log_on_from("198.51.100.9", "ann", PASSWORD).status_code == 200
+    with session_scope() as session:
+        outcomes = [e.outcome for e in session.exec(select(AuditEvent)).all()]
+    assert outcomes.count("refused") == 2 and outcomes.count("failure") == 6
+
+    # once the oldest failure counted leaves the window, ann may try again
+    with session_scope() as session:
+        oldest = session.exec(
+            select(AuditEvent)
+            .where(AuditEvent.outcome == "failure", AuditEvent.actor_name == "ann")
+            .order_by(col(AuditEvent.id))
+        ).first()
+        assert oldest is not None
+        oldest.created_at = utcnow() - timedelta(minutes=16)
+        session.add(oldest)
+    assert _log_on_from(CLIENT_IP, "ann", PASSWORD).status_code == 200
+
+
+def test_trying_many_names_from_one_address_is_refused(client, make_user, monkeypatch):
+    _throttle(monkeypatch, per_name=10, per_address=4)
+    make_user("ann")
+    for name in ("bob", "cid", "dan", "eve"):
+        assert error(_log_on_from(CLIENT_IP, name), 401, "wrong_credentials")
+    assert error(_log_on_from(CLIENT_IP, "ann", PASSWORD), 429, "too_many_failures") == (
+        "Too many failed log-ons from this address; try again in 15 minutes."
+    )
+    assert _log_on_from("198.51.100.9", "ann", PASSWORD).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("trusted", "forwarded", "seen"),
+    [
+        ("", "192.0.2.50", CLIENT_IP),  # no proxy is trusted: the header proves nothing
+        ("203.0.113.0/24", "192.0.2.50", "192.0.2.50"),
+        # entries before the last untrusted one are the client's own writing
+        ("203.0.113.7, 10.0.0.0/8", "6.6.6.6, 192.0.2.50, 10.1.1.1", "192.0.2.50"),
+        ("203.0.113.7", "not-an-address", CLIENT_IP),
+        ("203.0.113.7", "", CLIENT_IP),
+    ],
+)
+def test_the_address_behind_a_trusted_proxy(
+    client, make_user, monkeypatch, trusted, forwarded, seen
+):
+    monkeypatch.setenv("AIMMS_PORTAL_TRUSTED_PROXIES", trusted)
+    config.get_settings.cache_clear()
+    make_user("ann")
+    headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+    client.post("/api/v1/auth/login", json={"username": "ann", "password": GUESS}, headers=headers)
+    with session_scope() as session:
+        event = session.exec(select(AuditEvent).where(AuditEvent.outcome == "failure")).one()
+    assert event.source_ip == seen
+
+
+def test_a_trusted_proxy_setting_that_is_no_address_is_refused(monkeypatch):
+    monkeypatch.setenv("AIMMS_PORTAL_TRUSTED_PROXIES", "10.0.0.0/8, proxy.example")
+    with pytest.raises(ValueError, match="AIMMS_PORTAL_TRUSTED_PROXIES"):
+        config.Settings()
 
 
 def test_disabled_user_cannot_log_on(client, make_user):

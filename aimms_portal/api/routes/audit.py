@@ -22,7 +22,7 @@ def list_audit_events(
     page: PageDep,
     action: Annotated[str | None, Query(max_length=64, description="Prefix, e.g. `auth.`")] = None,
     actor: Annotated[str | None, Query(max_length=64)] = None,
-    outcome: Annotated[str | None, Query(pattern="^(success|failure)$")] = None,
+    outcome: Annotated[str | None, Query(pattern="^(success|failure|refused)$")] = None,
     target_type: Annotated[str | None, Query(max_length=32)] = None,
     since: datetime | None = None,
     until: datetime | None = None,

@@ -15,7 +15,7 @@ from aimms_portal.ui.pages.admin_nav import admin_tabs
 from aimms_portal.ui.state import call_as_user, failure
 
 PAGE_SIZE = 100
-OUTCOMES = ["any", "success", "failure"]
+OUTCOMES = ["any", "success", "failure", "refused"]
 
 
 class AuditState(PagedState, rx.State):
