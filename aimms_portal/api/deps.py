@@ -38,10 +38,14 @@ def client_ip(request: Request) -> str:
     are the client's to write, and so proof of nothing).
     """
     peer = request.client.host if request.client else ""
+    return client_address(peer, ",".join(request.headers.getlist("x-forwarded-for")))
+
+
+def client_address(peer: str, forwarded: str) -> str:
+    """:func:`client_ip` from the TCP peer and the ``X-Forwarded-For`` header's value."""
     trusted = get_settings().trusted_proxy_networks
     if not trusted or not _within(peer, trusted):
         return peer
-    forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
     for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
         try:
             ip = ip_address(hop)

@@ -55,7 +55,13 @@ from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aimms_portal.aio import run_blocking
-from aimms_portal.api.deps import CSRF_COOKIE, CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE
+from aimms_portal.api.deps import (
+    CSRF_COOKIE,
+    CSRF_HEADER,
+    SAFE_METHODS,
+    SESSION_COOKIE,
+    client_address,
+)
 from aimms_portal.api.upstream import Answer, Upstream, UpstreamError
 from aimms_portal.auth.tokens import API_TOKEN_PREFIX
 from aimms_portal.db import session_scope
@@ -552,6 +558,7 @@ class _Request:
         self.secret = b""  # the portal's log-on cookie
         self.authorization = b""
         host = b""
+        forwarded = b""
         length: bytes | None = None
         chunked = False
         lines = [b""]  # the request line goes first
@@ -563,6 +570,8 @@ class _Request:
                     host = value
                 elif name == b"transfer-encoding":
                     chunked = b"chunked" in value.lower()
+                elif name == b"x-forwarded-for":
+                    forwarded += (b"," if forwarded else b"") + value
                 continue
             if name == b"cookie":
                 secret, value = _split_cookies(value)
@@ -586,7 +595,10 @@ class _Request:
             target += b"?" + scope["query_string"]
         self.target = target
         client = scope.get("client")
-        lines.append(b"x-forwarded-for: %b\r\n" % (client[0] if client else "").encode())
+        # the client's address as the portal sees it (behind a trusted proxy: its
+        # X-Forwarded-For), never what the caller claims
+        address = client_address(client[0] if client else "", forwarded.decode("latin-1"))
+        lines.append(b"x-forwarded-for: %b\r\n" % address.encode())
         lines.append(b"x-forwarded-proto: %b\r\n" % scope.get("scheme", "http").encode())
         if host:
             lines.append(b"x-forwarded-host: %b\r\n" % host)

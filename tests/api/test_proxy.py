@@ -815,6 +815,32 @@ def test_what_reaches_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
     run_async(main())
 
 
+def test_behind_a_trusted_proxy_the_app_gets_the_clients_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _settings(monkeypatch, trusted_proxies="10.0.0.0/8")
+    seen: list[bytes] = []
+
+    async def recording_app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, _ = await read_request(reader, Served())
+            seen.append(head)
+            writer.write(answer(b"ok"))
+
+    async def main() -> None:
+        async with _proxied(monkeypatch, recording_app) as (client, _, _served):
+            # the client wrote 6.6.6.6, the trusted proxies 192.0.2.8 and 10.9.9.9
+            forwarded = {"X-Forwarded-For": "6.6.6.6, 192.0.2.8, 10.9.9.9"}
+            assert (await client.get("/s/7/", headers=forwarded)).status_code == 200
+            assert "x-forwarded-for: 192.0.2.8" in _lines(seen[0])
+
+    try:
+        run_async(main())
+    finally:
+        monkeypatch.undo()
+        config.get_settings.cache_clear()  # nothing of this test's settings stays
+
+
 def test_requests_at_once_share_one_pass_check(monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> None:
         async with _proxied(monkeypatch, _echo_app) as (client, checks, _):
