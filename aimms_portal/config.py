@@ -101,6 +101,13 @@ class Settings(BaseSettings):
     login_failure_window_minutes: int = Field(
         15, ge=1, le=24 * 60, description="The window in which failed log-ons are counted."
     )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description=(
+            "If set, `/metrics` answers only requests with `Authorization: Bearer <this "
+            "value>` (Prometheus: `authorization: {credentials: ...}`). Unset: open to all."
+        ),
+    )
     trusted_proxies: str = Field(
         "",
         description=(

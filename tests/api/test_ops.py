@@ -153,3 +153,16 @@ def test_openapi_document_and_interactive_docs(client):
     assert "/api/v1/docs/assets/swagger-ui-bundle.js" in page.text
     script = client.get("/api/v1/docs/assets/swagger-ui-bundle.js")
     assert script.status_code == 200 and len(script.content) > 100_000
+
+
+def test_metrics_may_ask_for_a_token_of_their_own(client, switch_settings):
+    switch_settings.setenv("AIMMS_PORTAL_METRICS_TOKEN", "scrape-me-please")
+    config.get_settings.cache_clear()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "scrape-me-please"}):
+        refused = client.get("/metrics", headers=headers)
+        assert refused.status_code == 401, headers
+        assert refused.json()["error"]["code"] == "metrics_token"
+    allowed = client.get("/metrics", headers={"Authorization": "Bearer scrape-me-please"})
+    assert allowed.status_code == 200 and "aimms_portal_http_requests_total" in allowed.text
+    # the probes of load balancers need none
+    assert client.get("/healthz").status_code == 200

@@ -1,10 +1,11 @@
-"""Liveness, readiness and metrics for load balancers and monitoring (no log-on)."""
+"""Liveness, readiness and metrics for load balancers and monitoring (no log-on; the
+metrics may ask for a token of their own, ``AIMMS_PORTAL_METRICS_TOKEN``)."""
 
 from __future__ import annotations
 
 import os
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -14,6 +15,9 @@ from prometheus_client import (
     multiprocess,
 )
 
+from aimms_portal.auth.tokens import same_secret
+from aimms_portal.config import get_settings
+from aimms_portal.errors import NotAuthenticated
 from aimms_portal.services.health import readiness_problems
 
 router = APIRouter(tags=["operations"])
@@ -42,9 +46,18 @@ def readyz() -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/metrics")
-def metrics() -> Response:
-    """Prometheus metrics of this portal (all workers when PROMETHEUS_MULTIPROC_DIR is set)."""
+@router.get("/metrics", responses={401: {"description": "The metrics token is missing or wrong."}})
+def metrics(request: Request) -> Response:
+    """Prometheus metrics of this portal (all workers when PROMETHEUS_MULTIPROC_DIR is set);
+    with ``AIMMS_PORTAL_METRICS_TOKEN`` set, only for a request that sends it."""
+    token = get_settings().metrics_token
+    if token is not None:
+        scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not same_secret(sent.strip(), token.get_secret_value()):
+            raise NotAuthenticated(
+                "Send the metrics token as 'Authorization: Bearer <token>'.",
+                code="metrics_token",
+            )
     registry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
