@@ -101,6 +101,14 @@ class Settings(BaseSettings):
     login_failure_window_minutes: int = Field(
         15, ge=1, le=24 * 60, description="The window in which failed log-ons are counted."
     )
+    hook_private_addresses: bool | None = Field(
+        None,
+        description=(
+            "Whether state hooks may go to loopback, private, link-local and other "
+            "non-public addresses (checked at each connection, after name resolution). "
+            "Unset: allowed in development mode, refused in production."
+        ),
+    )
     metrics_token: SecretStr | None = Field(
         None,
         description=(
@@ -233,6 +241,12 @@ class Settings(BaseSettings):
             "(ignored in production mode)."
         ),
     )
+
+    @property
+    def hooks_may_reach_private_addresses(self) -> bool:
+        if self.hook_private_addresses is None:
+            return self.environment != "production"
+        return self.hook_private_addresses
 
     @property
     def trusted_proxy_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:

@@ -21,6 +21,7 @@ Rules at submission:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from aimms_portal.models import (
     User,
     utcnow,
 )
-from aimms_portal.scheduler import lifecycle, signals
+from aimms_portal.scheduler import hooks, lifecycle, signals
 from aimms_portal.services import apps, audit, cases
 from aimms_portal.services.pagination import Page, paginate
 from aimms_portal.storage import get_storage
@@ -229,9 +230,20 @@ def _checked_hook_url(url: str | None) -> str:
             problem = "names no host"
         elif parts.username or parts.password:
             problem = "must not carry a user name or password"
+        elif not get_settings().hooks_may_reach_private_addresses and _private(parts.hostname):
+            problem = "names an address that is not public (hooks go to public addresses only)"
     if problem:
         raise InvalidInput(f"The state hook URL {problem}.", code="invalid_hook_url")
     return url
+
+
+def _private(host: str) -> bool:
+    """``host`` is an address that hooks may not reach (a name is checked when a hook is
+    sent: what it resolves to may change until then)."""
+    try:
+        return not hooks.public(ipaddress.ip_address(host))
+    except ValueError:
+        return False
 
 
 # -- reading -------------------------------------------------------------------------

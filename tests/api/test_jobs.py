@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import insert
 from sqlmodel import col, select
 
+from aimms_portal import config
 from aimms_portal.db import session_scope
 from aimms_portal.models import Case, HookDelivery, Job, Role, User, utcnow
 from aimms_portal.scheduler import hooks
@@ -278,6 +279,62 @@ def test_a_failed_hook_is_retried_later(client: TestClient, uma: User) -> None:
         delivery = session.exec(select(HookDelivery).where(HookDelivery.job_id == job["id"])).one()
     assert delivery.tries == 1 and delivery.delivered_at is None
     assert delivery.next_try_at > utcnow() and delivery.last_error
+
+
+@pytest.fixture
+def public_hooks_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Settings that send hooks to public addresses only (the production default)."""
+    monkeypatch.setenv("AIMMS_PORTAL_HOOK_PRIVATE_ADDRESSES", "false")
+    config.get_settings.cache_clear()
+    yield
+    monkeypatch.undo()
+    config.get_settings.cache_clear()
+
+
+def test_hooks_to_private_addresses_can_be_refused(
+    client: TestClient,
+    uma: User,
+    receiver: tuple[str, list[tuple[dict[str, str], bytes]]],
+    public_hooks_only: None,
+) -> None:
+    url, received = receiver
+    # an address is refused at once
+    for refused in (url, "http://[::1]:80/", "http://10.1.2.3/", "http://169.254.169.254/x"):
+        message = error(_submit(client, uma, hook_url=refused), 422, "invalid_hook_url")
+        assert "not public" in message, refused
+    # a name is checked when the hook is sent: what it resolves to then is what counts
+    port = url.split(":")[2].split("/")[0]
+    job = _submit(client, uma, hook_url=f"http://localhost:{port}/hook").json()
+    with hooks.make_client() as http_client:
+        assert hooks.deliver_due(http_client) == 0
+    assert received == []
+    with session_scope() as session:
+        delivery = session.exec(select(HookDelivery).where(HookDelivery.job_id == job["id"])).one()
+    assert delivery.tries == hooks.MAX_TRIES  # final: not tried again
+    assert delivery.last_error.startswith("refused: localhost resolves to ")
+    assert "which is not a public address" in delivery.last_error
+
+
+def test_hooks_to_public_addresses_go_through_the_checked_connection(
+    client: TestClient,
+    uma: User,
+    receiver: tuple[str, list[tuple[dict[str, str], bytes]]],
+    public_hooks_only: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url, received = receiver
+    port = url.split(":")[2].split("/")[0]
+    job = _submit(client, uma, hook_url=f"http://localhost:{port}/hook").json()
+    # the tests have no public receiver: let loopback count as public, and nothing else
+    checked: list[str] = []
+    monkeypatch.setattr(hooks, "public", lambda a: checked.append(str(a)) or a.is_loopback)
+    with hooks.make_client() as http_client:
+        assert hooks.deliver_due(http_client) == 1
+    assert "127.0.0.1" in checked  # (and ::1, where localhost has both)
+    ((headers, body),) = received
+    assert json.loads(body)["state"] == "queued" and json.loads(body)["job_id"] == job["id"]
+    expected = hmac.new(job["hook_secret"].encode(), body, hashlib.sha256).hexdigest()
+    assert headers["X-Aimms-Portal-Signature"] == f"sha256={expected}"
 
 
 def test_retention_deletes_old_finished_jobs_only(client: TestClient, uma: User) -> None:
