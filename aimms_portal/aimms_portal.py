@@ -6,10 +6,11 @@ import asyncio
 import logging
 
 import reflex as rx
+from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from aimms_portal.api import proxy
-from aimms_portal.api.app import create_api
+from aimms_portal.api.app import ApiFront, create_api
 from aimms_portal.config import get_settings
 from aimms_portal.db import session_scope
 from aimms_portal.errors import PortalError
@@ -99,14 +100,19 @@ async def close_proxy_connections() -> None:
 
 
 class PortalApp(rx.App):
-    """Reflex's app with the session proxy in front of all of Reflex's own layers.
+    """Reflex's app with the session proxy and the REST API in front of all of Reflex's
+    own layers.
 
-    A WebUI session's every request passes the proxy (``/s/<id>/...``); Reflex's
-    context, CORS and mount layers would only add to each one's cost.
+    A WebUI session's every request passes the proxy (``/s/<id>/...``), and the API's
+    requests are many and small; Reflex's context, CORS and mount layers would only add
+    to each one's cost.
     """
 
     def __call__(self) -> ASGIApp:
-        return proxy.SessionProxy(super().__call__())
+        api = self.api_transformer
+        if not isinstance(api, FastAPI):
+            raise TypeError("the portal's api_transformer must be its REST API (create_api)")
+        return proxy.SessionProxy(ApiFront(super().__call__(), api=api))
 
 
 app = PortalApp(api_transformer=create_api())

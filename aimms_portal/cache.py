@@ -125,11 +125,17 @@ class ExactCache(Generic[K, V]):
         with _caches_lock:
             _caches.append(self)
 
-    def get(self, key: K) -> V | None:
-        """The cached value, or ``None`` if there is none or the cache may be stale."""
-        feed = current_feed()
-        if feed is None or not feed.catch_up():
-            return None
+    def get(self, key: K, *, caught_up: bool = False) -> V | None:
+        """The cached value, or ``None`` if there is none or the cache may be stale.
+
+        ``caught_up``: the caller's request has just had a cache answer (the feed caught
+        up for it), so another catch-up is not needed: what arrived since was committed
+        after the request began.
+        """
+        if not caught_up:
+            feed = current_feed()
+            if feed is None or not feed.catch_up():
+                return None
         return self._entries.get(key)
 
     def stamp(self) -> int | None:

@@ -84,20 +84,21 @@ end
 
 
 def create_bench_app() -> Any:
-    """The ASGI app the server runs: ``/bare`` and ``/db-floor`` next to the REST API.
+    """The ASGI app the server runs: ``/bare`` and ``/db-floor`` next to the REST API,
+    behind the front the portal itself runs behind (:class:`ApiFront`: the API's paths
+    go to ``create_api()``, everything else, here a Starlette app, to the other side).
 
     ``/bare`` answers a small JSON document with nothing else in its way: no database,
     no authentication, no middleware. ``/db-floor`` adds one pooled ``SELECT 1`` run in
-    the thread pool, as the portal's synchronous routes run. Everything else goes to
-    ``create_api()``.
+    the thread pool, as the portal's synchronous routes run.
     """
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import JSONResponse
-    from starlette.routing import Mount, Route
+    from starlette.routing import Route
 
-    from aimms_portal.api.app import create_api
+    from aimms_portal.api.app import ApiFront, create_api
     from aimms_portal.db import get_engine
 
     async def bare(request: Request) -> JSONResponse:
@@ -110,13 +111,8 @@ def create_bench_app() -> Any:
     async def db_floor(request: Request) -> JSONResponse:
         return JSONResponse({"status": await run_in_threadpool(select_one)})
 
-    return Starlette(
-        routes=[
-            Route("/bare", bare),
-            Route("/db-floor", db_floor),
-            Mount("", app=create_api()),
-        ]
-    )
+    rest = Starlette(routes=[Route("/bare", bare), Route("/db-floor", db_floor)])
+    return ApiFront(rest, api=create_api())
 
 
 # -- the throwaway database ------------------------------------------------------------

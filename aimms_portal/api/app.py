@@ -146,6 +146,55 @@ def _methods_for(routers: list[APIRouter], path: str) -> set[str]:
     return methods
 
 
+#: Paths of the REST API's app outside :data:`API_PREFIX`.
+_OPERATIONS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class ApiFront:
+    """ASGI front: HTTP requests for the REST API's paths go straight to ``api``,
+    everything else (the UI, its WebSocket, lifespan) to ``app``.
+
+    Reflex serves the API app inside its own Starlette app, behind its context, CORS and
+    mount layers, which the API does not use (the API app has CORS of its own) and which
+    cost about as much per request as a cached API answer itself. The answer is the same
+    either way: ``api`` is the app Reflex serves, with Reflex's UI mounted at its end.
+
+    A ``GET`` of a lean route (:mod:`aimms_portal.api.lean`) skips the API app's own
+    layers too (error, telemetry, body size, the session proxy: none has work to do for
+    it) and meets only the metrics and the lean router, which applies the app's
+    exception handlers; what no handler takes gets the app's answer to an unexpected
+    error here, as the error layer would give it.
+    """
+
+    def __init__(self, app: ASGIApp, *, api: FastAPI) -> None:
+        self.app = app
+        self.api = api
+        self._prefix = API_PREFIX + "/"
+        self._lean_paths = frozenset(
+            route.path for route in api.router.routes if isinstance(route, LeanRoute)
+        )
+        self._lean = MetricsMiddleware(LeanRouter(api, api=api))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path in self._lean_paths and scope["method"] == "GET" and not scope.get("root_path"):
+                await self._lean_route(scope, receive, send)
+                return
+            if path.startswith(self._prefix) or path in _OPERATIONS_PATHS:
+                await self.api(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _lean_route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._lean(scope, receive, send)
+        except Exception as exc:
+            # a lean route sends nothing before its whole answer is made
+            response = await _unexpected_error(Request(scope, receive), exc)
+            await response(scope, receive, send)
+
+
 class MetricsMiddleware:
     """Counts and times every request by its route template (not its raw path).
 

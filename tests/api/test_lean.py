@@ -3,7 +3,7 @@ of FastAPI's router, with the same answers, errors and documentation."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from aimms_portal.api import app as api_app
 from aimms_portal.api.lean import LeanRoute, LeanRouter, lean_get
 from aimms_portal.errors import NotAuthenticated
+from aimms_portal.services import auth as auth_service
 from tests.api.support import API, error, quick_user
 from tests.helpers import bearer
 
@@ -130,3 +131,58 @@ def test_the_portals_lean_routes_answer_as_fastapi_would(client, db):
     assert lean.status_code == through_router.status_code == 200
     assert lean.json() == through_router.json()
     assert lean.headers["content-type"] == through_router.headers["content-type"]
+
+
+def _ui(tag: bytes) -> Any:
+    """An ASGI app standing for Reflex's: answers every HTTP request with ``tag``."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":  # the front leaves the lifespan to the UI's app
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await Response(tag, media_type="text/plain")(scope, receive, send)
+
+    return app
+
+
+def test_the_front_sends_the_apis_paths_to_the_api_and_the_rest_to_the_ui(db):
+    ann = bearer(quick_user("ann"), "read")
+    api = api_app.create_api()
+    front = api_app.ApiFront(_ui(b"ui"), api=api)
+    with TestClient(front) as client, TestClient(api) as direct:
+        assert client.get("/").text == "ui" and client.get("/apps/transport").text == "ui"
+        assert client.get("/api/v1x").text == "ui"
+        # the lean routes (by their own lane), any other route, unknown API paths
+        for path in (f"{API}/me", f"{API}/users", f"{API}/tokens", f"{API}/nothing", "/healthz"):
+            through_front, straight = client.get(path, headers=ann), direct.get(path, headers=ann)
+            assert through_front.status_code == straight.status_code, path
+            assert through_front.content == straight.content, path
+        # not the lean lane: the API answers as ever
+        assert client.head(f"{API}/me", headers=ann).status_code == (
+            direct.head(f"{API}/me", headers=ann).status_code
+        )
+        error(client.get(f"{API}/me"), 401, "not_authenticated")
+
+        metrics = client.get("/metrics").text
+        counted = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("aimms_portal_http_requests_total")
+            and 'route="/api/v1/me"' in line
+            and 'status="401"' in line
+        ]
+        assert counted and float(counted[0].split()[-1]) >= 1
+
+
+def test_an_unexpected_error_in_the_lean_lane_is_a_500_in_the_apis_shape(db, monkeypatch):
+    ann = bearer(quick_user("ann"), "read")
+
+    def broken(**_: Any) -> None:
+        raise RuntimeError("a bug")
+
+    api = api_app.create_api()
+    monkeypatch.setattr(auth_service, "cached_caller", broken)
+    with TestClient(api_app.ApiFront(_ui(b"ui"), api=api)) as client:
+        error(client.get(f"{API}/me", headers=ann), 500, "internal")

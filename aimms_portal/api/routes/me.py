@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request, Response, status
 from aimms_portal.aio import run_blocking
 from aimms_portal.api import API_PREFIX
 from aimms_portal.api.deps import CallerDep, client_ip
-from aimms_portal.api.lean import lean_get
+from aimms_portal.api.lean import EncodedJSON, lean_get
 from aimms_portal.api.schemas import MeOut, PasswordChange
 from aimms_portal.db import session_scope
 from aimms_portal.models import User
@@ -29,7 +29,7 @@ async def read_me(caller: CallerDep) -> Response:
         body = _me(caller, groups)
         if caller.memo is not None:
             caller.memo["me"] = body
-    return Response(body, media_type="application/json")
+    return EncodedJSON(body)
 
 
 def _me(caller: Caller, groups: tuple[str, ...]) -> bytes:

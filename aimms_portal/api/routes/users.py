@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from aimms_portal.aio import run_blocking
 from aimms_portal.api import API_PREFIX
 from aimms_portal.api.deps import CallerDep, client_ip
-from aimms_portal.api.lean import lean_get
+from aimms_portal.api.lean import EncodedJSON, lean_get
 from aimms_portal.api.schemas import (
     PageOut,
     PasswordReset,
@@ -35,10 +35,11 @@ _pages: ExactCache[UserListQuery, bytes] = ExactCache("user pages", tables=("use
 async def list_users(caller: CallerDep, query: Annotated[UserListQuery, Query()]) -> Response:
     """Users by name; `q` searches name, full name and e-mail."""
     require(caller.user, Action.manage_users)  # on every request, before the cache
-    body = _pages.get(query)
+    # a caller with a memo came from the log-on cache: the feed caught up for this request
+    body = _pages.get(query, caught_up=caller.memo is not None)
     if body is None:
         body = await run_blocking(_page_of_users, caller.user, query)
-    return Response(body, media_type="application/json")
+    return EncodedJSON(body)
 
 
 def _page_of_users(actor: User, query: UserListQuery) -> bytes:
